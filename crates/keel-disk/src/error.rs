@@ -56,6 +56,14 @@ pub enum DiskError {
     /// The device was opened read-only and a write or flush was attempted.
     #[error("{device}: device is read-only")]
     ReadOnly { device: String },
+    /// The data of a block failed verification and could not be repaired
+    /// (reported by checksummed devices such as keel volumes).
+    #[error("{device}: block {block} is corrupt and could not be repaired: {detail}")]
+    Corrupt {
+        device: String,
+        block: u64,
+        detail: String,
+    },
     /// An earlier flush failed, so the state of unflushed writes is unknown.
     #[error(
         "{device}: an earlier flush failed, so unflushed writes may be lost; reopen the device"
@@ -76,6 +84,7 @@ impl DiskError {
             | DiskError::Media { device, .. }
             | DiskError::DeviceFailed { device }
             | DiskError::ReadOnly { device }
+            | DiskError::Corrupt { device, .. }
             | DiskError::Poisoned { device } => device,
         }
     }
