@@ -2,7 +2,7 @@
 //! rebuild, scrub and resync. Formats and invariants: `docs/integrity.md`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::thread::JoinHandle;
 
@@ -181,8 +181,10 @@ struct Inner {
     locks: Vec<RwLock<()>>,
     bitmap: Mutex<IntentBitmap>,
     epoch: AtomicU64,
-    read_turn: AtomicUsize,
     counters: Counters,
+    /// Reused large buffers: fresh multi-megabyte allocations are mmapped and
+    /// page-faulted on every request, which costs more than the I/O.
+    buffers: Mutex<Vec<Vec<u8>>>,
     background_rebuild: bool,
     rebuild_thread: Mutex<Option<JoinHandle<()>>>,
     stop: AtomicBool,
@@ -489,6 +491,11 @@ impl Volume {
         self.inner.geometry
     }
 
+    /// Layout of each member disk (where the data area starts, and so on).
+    pub fn member_geometry(&self) -> MemberGeometry {
+        self.inner.member_geometry
+    }
+
     pub fn status(&self) -> VolumeStatus {
         self.inner.status()
     }
@@ -755,8 +762,8 @@ impl Inner {
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             bitmap: Mutex::new(bitmap),
             epoch: AtomicU64::new(IDLE_START_EPOCH),
-            read_turn: AtomicUsize::new(0),
             counters: Counters::default(),
+            buffers: Mutex::new(Vec::new()),
             background_rebuild: options.background_rebuild,
             rebuild_thread: Mutex::new(None),
             stop: AtomicBool::new(false),
@@ -773,6 +780,27 @@ impl Inner {
     fn bitmap(&self) -> MutexGuard<'_, IntentBitmap> {
         self.bitmap.lock().unwrap_or_else(|e| e.into_inner())
     }
+    /// A buffer of `len` bytes (contents unspecified) from the pool.
+    fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buffer = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        buffer.resize(len, 0);
+        buffer
+    }
+
+    fn give_buffers(&self, buffers: impl IntoIterator<Item = Vec<u8>>) {
+        let mut pool = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        for buffer in buffers {
+            if pool.len() < 4 * MAX_SLOTS {
+                pool.push(buffer);
+            }
+        }
+    }
+
     fn lock(&self, unit: u64) -> &RwLock<()> {
         &self.locks[(unit % LOCK_STRIPES as u64) as usize]
     }
@@ -883,19 +911,104 @@ impl Inner {
     fn read(&self, start: u64, buf: &mut [u8]) -> Result<()> {
         let count = self.check_range(start, buf.len())?;
         self.check_failed()?;
+        if self.geometry.level == Level::Raid5 && count >= 2 * self.geometry.unit_blocks() {
+            return self.read_stripes(start, count, buf);
+        }
         for (unit, pieces) in self.pieces(start, count) {
             let _guard = self.lock(unit).read().unwrap_or_else(|e| e.into_inner());
             for piece in pieces {
                 let out = &mut buf[piece.buf_offset..piece.buf_offset + bytes(piece.blocks)];
                 let role = match self.geometry.level {
                     Level::Raid5 => self.geometry.data_role(unit, piece.chunk),
-                    Level::Raid1 => {
-                        self.read_turn.fetch_add(1, Ordering::Relaxed) % self.geometry.roles
-                    }
+                    // Mirrors take turns by 64 MiB stretch: a sequential
+                    // stream stays on one disk (its readahead keeps working)
+                    // while reads spread over the address space spread over
+                    // the mirrors.
+                    Level::Raid1 => (unit / 64) as usize % self.geometry.roles,
                     Level::Single => 0,
                 };
                 self.read_role(role, piece.member_block, out)?;
             }
+        }
+        Ok(())
+    }
+
+    /// RAID-5 large reads: one large read per member covering many stripes
+    /// (parity included, so each member sees one sequential stream), issued
+    /// in parallel, then verified and scattered. Anything that fails
+    /// verification, or a missing member, goes through [`Inner::read_role`].
+    fn read_stripes(&self, start: u64, count: u64, buf: &mut [u8]) -> Result<()> {
+        const STRIPES_PER_BATCH: usize = 64;
+        let units = self.pieces(start, count);
+        let chunk = self.geometry.chunk_blocks;
+        for group in units.chunks(STRIPES_PER_BATCH) {
+            let mut lock_indices: Vec<usize> = group
+                .iter()
+                .map(|(unit, _)| (unit % LOCK_STRIPES as u64) as usize)
+                .collect();
+            // Ascending lock order: the only place that holds several locks.
+            lock_indices.sort_unstable();
+            lock_indices.dedup();
+            let _guards: Vec<_> = lock_indices
+                .iter()
+                .map(|&i| self.locks[i].read().unwrap_or_else(|e| e.into_inner()))
+                .collect();
+            let first_row = group[0].0 * chunk;
+            let end_row =
+                ((group[group.len() - 1].0 + 1) * chunk).min(self.member_geometry.data_blocks);
+            let rows = end_row - first_row;
+            let readers: Vec<Option<(usize, Arc<Member>)>> = (0..self.geometry.roles)
+                .map(|role| {
+                    self.role_members(role)
+                        .into_iter()
+                        .find(|(_, _, valid)| *valid >= end_row)
+                        .map(|(slot, member, _)| (slot, member))
+                })
+                .collect();
+            let rows_read: Vec<Option<Vec<u8>>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = readers
+                    .iter()
+                    .map(|reader| {
+                        scope.spawn(move || {
+                            let (slot, member) = reader.as_ref()?;
+                            let mut data = self.take_buffer(bytes(rows));
+                            match member.read_raw(first_row, &mut data) {
+                                Ok(()) => Some(data),
+                                Err(e) => {
+                                    if e.is_device_fatal() {
+                                        self.fail_slot(*slot, e.to_string());
+                                    }
+                                    self.give_buffers([data]);
+                                    None
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().ok().flatten())
+                    .collect()
+            });
+            for (unit, pieces) in group {
+                for piece in pieces {
+                    let role = self.geometry.data_role(*unit, piece.chunk);
+                    let out = &mut buf[piece.buf_offset..piece.buf_offset + bytes(piece.blocks)];
+                    let (Some(data), Some((_, member))) = (&rows_read[role], &readers[role]) else {
+                        self.read_role(role, piece.member_block, out)?;
+                        continue;
+                    };
+                    let at = bytes(piece.member_block - first_row);
+                    out.copy_from_slice(&data[at..at + bytes(piece.blocks)]);
+                    for i in 0..piece.blocks {
+                        let block = &mut out[bytes(i)..bytes(i + 1)];
+                        if !member.verify(piece.member_block + i, block) {
+                            self.read_role(role, piece.member_block + i, block)?;
+                        }
+                    }
+                }
+            }
+            self.give_buffers(rows_read.into_iter().flatten());
         }
         Ok(())
     }
@@ -1062,6 +1175,28 @@ impl Inner {
     fn write(&self, start: u64, buf: &[u8]) -> Result<()> {
         let count = self.check_range(start, buf.len())?;
         self.check_failed()?;
+        if self.geometry.level == Level::Raid5 {
+            // Whole stripes in the middle go out as large full-stripe writes;
+            // the partial stripes at either end take the read-modify-write path.
+            let unit = self.geometry.unit_blocks();
+            let first_full = start.div_ceil(unit) * unit;
+            let end_full = (start + count) / unit * unit;
+            if end_full >= first_full + 2 * unit {
+                let offset = |block: u64| bytes(block - start);
+                if first_full > start {
+                    self.write(start, &buf[..offset(first_full)])?;
+                }
+                self.write_full_stripes(
+                    first_full / unit,
+                    end_full / unit,
+                    &buf[offset(first_full)..offset(end_full)],
+                )?;
+                if start + count > end_full {
+                    self.write(end_full, &buf[offset(end_full)..])?;
+                }
+                return Ok(());
+            }
+        }
         for (unit, pieces) in self.pieces(start, count) {
             let _guard = self.lock(unit).write().unwrap_or_else(|e| e.into_inner());
             match self.geometry.level {
@@ -1079,6 +1214,64 @@ impl Inner {
                 }
             }
             self.check_failed()?;
+        }
+        Ok(())
+    }
+
+    /// RAID-5 full-stripe writes of stripes `[first, end)` (`buf` holds their
+    /// data): parity from the new data alone, no reads, and one large write
+    /// per member, issued in parallel.
+    fn write_full_stripes(&self, first: u64, end: u64, buf: &[u8]) -> Result<()> {
+        const STRIPES_PER_BATCH: u64 = 64;
+        let chunk = self.geometry.chunk_blocks;
+        let per_stripe = bytes(self.geometry.unit_blocks());
+        let mut stripe = first;
+        while stripe < end {
+            let batch_end = (stripe + STRIPES_PER_BATCH).min(end);
+            let mut lock_indices: Vec<usize> = (stripe..batch_end)
+                .map(|unit| (unit % LOCK_STRIPES as u64) as usize)
+                .collect();
+            // Ascending lock order, as in `read_stripes`.
+            lock_indices.sort_unstable();
+            lock_indices.dedup();
+            let _guards: Vec<_> = lock_indices
+                .iter()
+                .map(|&i| self.locks[i].write().unwrap_or_else(|e| e.into_inner()))
+                .collect();
+            let first_row = stripe * chunk;
+            let rows = (batch_end - stripe) * chunk;
+            let mut role_rows: Vec<Vec<u8>> = (0..self.geometry.roles)
+                .map(|_| self.take_buffer(bytes(rows)))
+                .collect();
+            for s in stripe..batch_end {
+                let data =
+                    &buf[(s - first) as usize * per_stripe..(s - first + 1) as usize * per_stripe];
+                let at = bytes((s - stripe) * chunk);
+                let parity_role = self.geometry.parity_role(s);
+                for k in 0..self.geometry.data_chunks() {
+                    let piece = &data[bytes(k as u64 * chunk)..bytes((k as u64 + 1) * chunk)];
+                    let role = self.geometry.data_role(s, k);
+                    role_rows[role][at..at + bytes(chunk)].copy_from_slice(piece);
+                    let (parity, piece) =
+                        (&mut role_rows[parity_role][at..at + bytes(chunk)], piece);
+                    if k == 0 {
+                        parity.copy_from_slice(piece);
+                    } else {
+                        xor_into(parity, piece);
+                    }
+                }
+            }
+            self.with_intent(first_row, rows, || {
+                std::thread::scope(|scope| {
+                    for (role, data) in role_rows.iter().enumerate() {
+                        scope.spawn(move || self.write_role(role, first_row, data));
+                    }
+                });
+                Ok(())
+            })?;
+            self.give_buffers(role_rows);
+            self.check_failed()?;
+            stripe = batch_end;
         }
         Ok(())
     }
@@ -1252,9 +1445,6 @@ impl Inner {
             let mut newly_failed = Vec::new();
             for (index, slot) in config.slots.iter().enumerate() {
                 let Some(member) = &slot.member else { continue };
-                if slot.state == SlotState::Failed {
-                    continue;
-                }
                 let sb = Superblock {
                     array_uuid: self.array_uuid,
                     disk_uuid: slot.disk_uuid,
@@ -1273,6 +1463,12 @@ impl Inner {
                     .device
                     .write_blocks(config.event % SUPERBLOCK_COPIES, &sb.encode())
                     .and_then(|_| member.device.flush());
+                // A failed disk that can still be written learns that it is
+                // failed, so it can never be assembled later as if current.
+                // Failing to tell it is expected (it failed) and harmless.
+                if slot.state == SlotState::Failed {
+                    continue;
+                }
                 if let Err(e) = result {
                     newly_failed.push((index, e));
                 }

@@ -123,8 +123,9 @@ fn lost_disk_degrades_then_spare_rebuilds_to_healthy() {
         let mut rng = SimRng::new(10);
         let mut data = fill(&volume, &mut rng);
         disks[1].fail();
-        // The first read that touches the dead disk fails it; data is intact.
+        // The first I/O that touches the dead disk fails it; data is intact.
         assert_eq!(read_all(&volume), data, "{level:?}");
+        volume.sync().unwrap();
         let status = volume.status();
         assert_eq!(status.state, VolumeState::Rebuilding, "{status:?}");
         assert_eq!(status.disks[1].state, "failed");
@@ -222,5 +223,55 @@ fn background_rebuild_starts_by_itself() {
     volume.wait_for_rebuild();
     assert_eq!(volume.status().state, VolumeState::Healthy);
     disks[0].fail();
+    assert_eq!(read_all(&volume), data);
+}
+
+#[test]
+fn rebuild_interrupted_by_a_crash_resumes_where_it_stopped() {
+    use keel_disk::sim::CrashMode;
+    use std::sync::Arc;
+    // Large enough that rebuild progress is persisted several times.
+    let blocks = 3 * 4096 * 3;
+    let (volume, disks) = sim_volume(&spec(Level::Raid5, blocks, 4), 4, 1, 22);
+    let mut rng = SimRng::new(23);
+    let data = fill(&volume, &mut rng);
+    volume.close().unwrap();
+    disks[1].fail();
+    let volume = assemble(&disks, quiet()).unwrap();
+    assert_eq!(volume.status().state, VolumeState::Rebuilding);
+    // Rebuild part of the way, then lose power.
+    let mut steps = 0;
+    let result = volume.rebuild(|done, total| {
+        steps += 1;
+        if done * 2 > total {
+            // Crash every disk while the rebuild is half done.
+            for disk in &disks {
+                if !disk.has_failed() {
+                    disk.fail();
+                }
+            }
+        }
+    });
+    assert!(result.is_err(), "rebuild should stop when the disks die");
+    let rebooted: Vec<Arc<keel_disk::SimDisk>> = disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Arc::new(d.reboot(d.crash(CrashMode::Random, 40 + i as u64), 1)))
+        .collect();
+    drop(volume);
+    let volume = assemble(&rebooted, quiet()).unwrap();
+    let status = volume.status();
+    assert_eq!(status.state, VolumeState::Rebuilding);
+    let progress = status.disks[4].rebuild_progress.unwrap();
+    assert!(progress > 0.2, "rebuild restarted from scratch: {progress}");
+    let mut resumed_from = None;
+    volume
+        .rebuild(|done, total| {
+            resumed_from.get_or_insert(done as f64 / total as f64);
+        })
+        .unwrap();
+    assert!(resumed_from.unwrap() > 0.2);
+    assert_eq!(volume.status().state, VolumeState::Healthy);
+    rebooted[0].fail();
     assert_eq!(read_all(&volume), data);
 }
