@@ -177,7 +177,7 @@ impl FileDisk {
 }
 
 fn check_block_size(name: &str, block_size: usize) -> Result<()> {
-    if block_size == 0 || block_size % crate::SECTOR_SIZE != 0 {
+    if block_size == 0 || !block_size.is_multiple_of(crate::SECTOR_SIZE) {
         return Err(DiskError::BadGeometry {
             device: name.to_string(),
             reason: format!("block size {block_size} is not a positive multiple of 512"),
@@ -229,7 +229,7 @@ impl Drop for AlignedBuffer {
 }
 
 fn is_aligned(buf: &[u8]) -> bool {
-    (buf.as_ptr() as usize) % 4096 == 0
+    (buf.as_ptr() as usize).is_multiple_of(4096)
 }
 
 impl BlockDevice for FileDisk {

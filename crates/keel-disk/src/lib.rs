@@ -94,7 +94,7 @@ pub fn check_request(
     len: usize,
 ) -> Result<std::ops::Range<u64>> {
     let block_size = device.block_size();
-    if len == 0 || len % block_size != 0 {
+    if len == 0 || !len.is_multiple_of(block_size) {
         return Err(DiskError::Misaligned {
             device: device.name().to_string(),
             len,

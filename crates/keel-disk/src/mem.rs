@@ -23,7 +23,7 @@ impl MemDisk {
 
     /// A disk whose contents are `image` (length a multiple of `block_size`).
     pub fn from_image(name: &str, block_size: usize, image: Vec<u8>) -> MemDisk {
-        assert!(block_size > 0 && image.len() % block_size == 0);
+        assert!(block_size > 0 && image.len().is_multiple_of(block_size));
         MemDisk {
             name: name.to_string(),
             block_size,

@@ -139,10 +139,13 @@ impl SimDisk {
     /// A simulated disk whose durable contents are `image`.
     pub fn from_image(name: &str, block_size: usize, image: Vec<u8>, seed: u64) -> SimDisk {
         assert!(
-            block_size >= SECTOR_SIZE && block_size % SECTOR_SIZE == 0,
+            block_size >= SECTOR_SIZE && block_size.is_multiple_of(SECTOR_SIZE),
             "block size {block_size} is not a multiple of the sector size"
         );
-        assert!(image.len() % block_size == 0, "image is not whole blocks");
+        assert!(
+            image.len().is_multiple_of(block_size),
+            "image is not whole blocks"
+        );
         SimDisk {
             name: name.to_string(),
             block_size,

@@ -138,7 +138,7 @@ mod tests {
         bitmap.end(3..=4);
         bitmap.end(3..=3);
         // region 3 written again in epoch 5: not a candidate at 6
-        assert!(bitmap.begin(3..=3, 5) == false);
+        assert!(!bitmap.begin(3..=3, 5));
         bitmap.end(3..=3);
         let candidates = bitmap.clear_candidates(6);
         assert_eq!(candidates, vec![4]);

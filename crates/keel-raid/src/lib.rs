@@ -26,6 +26,6 @@ pub mod xor;
 pub use error::{RaidError, Result};
 pub use format::{Layout, Level, BLOCK_SIZE};
 pub use volume::{
-    CreateSpec, DiskStatus, ScrubReport, Volume, VolumeOptions, VolumeState, VolumeStatus,
-    DEFAULT_REGION_BLOCKS, MANIFEST,
+    CreateSpec, DiskStatus, MemberDisk, ScrubReport, Volume, VolumeOptions, VolumeState,
+    VolumeStatus, DEFAULT_REGION_BLOCKS, MANIFEST,
 };

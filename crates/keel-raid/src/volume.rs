@@ -47,6 +47,9 @@ impl Default for VolumeOptions {
     }
 }
 
+/// A disk offered to assembly: the opened device, or why it could not be opened.
+pub type MemberDisk = std::result::Result<Arc<dyn BlockDevice>, String>;
+
 /// What to create.
 #[derive(Clone, Debug)]
 pub struct CreateSpec {
@@ -307,7 +310,7 @@ impl Volume {
     /// and the volume runs degraded when its redundancy allows.
     pub fn assemble(
         name: &str,
-        disks: Vec<(String, std::result::Result<Arc<dyn BlockDevice>, String>)>,
+        disks: Vec<(String, MemberDisk)>,
         options: VolumeOptions,
     ) -> Result<Volume> {
         let mut found: Vec<(String, Arc<dyn BlockDevice>, Superblock)> = Vec::new();
@@ -855,7 +858,7 @@ impl Inner {
     }
 
     fn check_range(&self, start: u64, len: usize) -> Result<u64> {
-        if len == 0 || len % BLOCK_SIZE != 0 {
+        if len == 0 || !len.is_multiple_of(BLOCK_SIZE) {
             return Err(RaidError::Invalid(format!(
                 "{}: buffer of {len} bytes is not a whole number of {BLOCK_SIZE}-byte blocks",
                 self.name

@@ -55,7 +55,7 @@ fn crash_then_lose_a_member(level: Level, members: usize, chunk: u64, seed: u64)
         .iter()
         .enumerate()
         .map(|(i, disk)| {
-            let image = disk.crash(CrashMode::Random, seed ^ (i as u64 + 1) * 0x9E37);
+            let image = disk.crash(CrashMode::Random, seed ^ ((i as u64 + 1) * 0x9E37));
             Arc::new(disk.reboot(image, seed))
         })
         .collect();

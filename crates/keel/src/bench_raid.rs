@@ -356,8 +356,8 @@ pub fn run(args: RaidBenchArgs) -> anyhow::Result<ExitCode> {
             }
         );
         println!(
-            "{:<8} {:>5} {:>10} {:>10} {:>10}  {}",
-            "level", "disks", "MiB/s", "peer", "target", "measurement"
+            "{:<8} {:>5} {:>10} {:>10} {:>10}  measurement",
+            "level", "disks", "MiB/s", "peer", "target"
         );
         for row in &rows {
             let opt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());

@@ -291,10 +291,10 @@ fn read_edges(
 ) -> anyhow::Result<Vec<u8>> {
     let bs = BLOCK_SIZE as u64;
     let mut buf = vec![0u8; ((end - first) * bs) as usize];
-    if offset % bs != 0 {
+    if !offset.is_multiple_of(bs) {
         volume.read(first, &mut buf[..BLOCK_SIZE])?;
     }
-    if (offset + len) % bs != 0 {
+    if !(offset + len).is_multiple_of(bs) {
         let at = buf.len() - BLOCK_SIZE;
         volume.read(end - 1, &mut buf[at..])?;
     }
