@@ -80,6 +80,30 @@ pub trait BlockDevice: Send + Sync {
     /// Makes every earlier write durable (see the trait documentation).
     fn flush(&self) -> Result<()>;
 
+    /// Reads consecutive blocks starting at `start` into several buffers in
+    /// turn (scatter), as one request where the device can. Each buffer is a
+    /// whole number of blocks.
+    fn read_blocks_vectored(&self, start: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let mut block = start;
+        for buf in bufs.iter_mut() {
+            self.read_blocks(block, buf)?;
+            block += (buf.len() / self.block_size()) as u64;
+        }
+        Ok(())
+    }
+
+    /// Writes several buffers to consecutive blocks starting at `start`
+    /// (gather), as one request where the device can. Same durability as
+    /// [`write_blocks`](BlockDevice::write_blocks).
+    fn write_blocks_vectored(&self, start: u64, bufs: &[&[u8]]) -> Result<()> {
+        let mut block = start;
+        for buf in bufs {
+            self.write_blocks(block, buf)?;
+            block += (buf.len() / self.block_size()) as u64;
+        }
+        Ok(())
+    }
+
     /// Total size in bytes.
     fn size_bytes(&self) -> u64 {
         self.block_count() * self.block_size() as u64
@@ -127,6 +151,12 @@ macro_rules! forward_block_device {
                 (**self).write_blocks(start, buf)
             }
             fn flush(&self) -> Result<()> { (**self).flush() }
+            fn read_blocks_vectored(&self, start: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+                (**self).read_blocks_vectored(start, bufs)
+            }
+            fn write_blocks_vectored(&self, start: u64, bufs: &[&[u8]]) -> Result<()> {
+                (**self).write_blocks_vectored(start, bufs)
+            }
         }
     )*};
 }

@@ -98,6 +98,18 @@ impl Member {
         Ok(())
     }
 
+    /// Writes consecutive data blocks from several buffers in one request.
+    pub fn write_vectored(&self, block: u64, bufs: &[&[u8]]) -> Result<(), DiskError> {
+        self.device
+            .write_blocks_vectored(self.geometry.data_start() + block, bufs)?;
+        let mut at = block;
+        for buf in bufs {
+            self.set_crcs(at, buf);
+            at += (buf.len() / BLOCK_SIZE) as u64;
+        }
+        Ok(())
+    }
+
     /// Records the checksums of `data` as the contents of blocks from `block`.
     pub fn set_crcs(&self, block: u64, data: &[u8]) {
         let crcs: Vec<u32> = data.chunks(BLOCK_SIZE).map(crc32c::crc32c).collect();

@@ -1243,36 +1243,53 @@ impl Inner {
                 .collect();
             let first_row = stripe * chunk;
             let rows = (batch_end - stripe) * chunk;
-            let mut role_rows: Vec<Vec<u8>> = (0..self.geometry.roles)
-                .map(|_| self.take_buffer(bytes(rows)))
-                .collect();
+            let stripes = (batch_end - stripe) as usize;
+            // Parity for each stripe of the batch, back to back.
+            let mut parity = self.take_buffer(bytes(rows));
+            // Per role, the list of chunk buffers to write, in row order:
+            // data straight from the caller's buffer, parity from `parity`.
+            let mut gather: Vec<Vec<(usize, bool)>> =
+                vec![Vec::with_capacity(stripes); self.geometry.roles];
             for s in stripe..batch_end {
-                let data =
-                    &buf[(s - first) as usize * per_stripe..(s - first + 1) as usize * per_stripe];
-                let at = bytes((s - stripe) * chunk);
-                let parity_role = self.geometry.parity_role(s);
+                let index = (s - stripe) as usize;
+                let data_at = (s - first) as usize * per_stripe;
+                let parity_at = bytes(index as u64 * chunk);
+                let target = &mut parity[parity_at..parity_at + bytes(chunk)];
                 for k in 0..self.geometry.data_chunks() {
-                    let piece = &data[bytes(k as u64 * chunk)..bytes((k as u64 + 1) * chunk)];
-                    let role = self.geometry.data_role(s, k);
-                    role_rows[role][at..at + bytes(chunk)].copy_from_slice(piece);
-                    let (parity, piece) =
-                        (&mut role_rows[parity_role][at..at + bytes(chunk)], piece);
+                    let at = data_at + bytes(k as u64 * chunk);
+                    let piece = &buf[at..at + bytes(chunk)];
                     if k == 0 {
-                        parity.copy_from_slice(piece);
+                        target.copy_from_slice(piece);
                     } else {
-                        xor_into(parity, piece);
+                        xor_into(target, piece);
                     }
+                    gather[self.geometry.data_role(s, k)].push((at, false));
                 }
+                gather[self.geometry.parity_role(s)].push((parity_at, true));
             }
+            let parity_ref = &parity;
             self.with_intent(first_row, rows, || {
                 std::thread::scope(|scope| {
-                    for (role, data) in role_rows.iter().enumerate() {
-                        scope.spawn(move || self.write_role(role, first_row, data));
+                    for (role, pieces) in gather.iter().enumerate() {
+                        scope.spawn(move || {
+                            let slices: Vec<&[u8]> = pieces
+                                .iter()
+                                .map(|&(at, is_parity)| {
+                                    let source: &[u8] = if is_parity { parity_ref } else { buf };
+                                    &source[at..at + bytes(chunk)]
+                                })
+                                .collect();
+                            for (slot, member, _) in self.role_members(role) {
+                                if let Err(e) = member.write_vectored(first_row, &slices) {
+                                    self.fail_slot(slot, format!("write failed: {e}"));
+                                }
+                            }
+                        });
                     }
                 });
                 Ok(())
             })?;
-            self.give_buffers(role_rows);
+            self.give_buffers([parity]);
             self.check_failed()?;
             stripe = batch_end;
         }
@@ -1411,8 +1428,26 @@ impl Inner {
                 .filter_map(|(i, s)| s.member.clone().map(|m| (i, m)))
                 .collect()
         };
-        for (slot, member) in targets {
-            if let Err(e) = member.flush() {
+        // Members flush in parallel: each fdatasync waits on its own disk.
+        let results: Vec<(usize, keel_disk::Result<()>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = targets
+                .iter()
+                .map(|(slot, member)| (*slot, scope.spawn(move || member.flush())))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(slot, handle)| {
+                    let result = handle.join().unwrap_or_else(|_| {
+                        Err(DiskError::DeviceFailed {
+                            device: format!("slot {slot} (flush thread panicked)"),
+                        })
+                    });
+                    (slot, result)
+                })
+                .collect()
+        });
+        for (slot, result) in results {
+            if let Err(e) = result {
                 self.fail_slot(slot, format!("flush failed: {e}"));
             }
         }
