@@ -657,7 +657,14 @@ impl Volume {
                     paths.len()
                 )));
             }
-            files.extend(paths.iter().cloned());
+            // Paths given by the user are relative to where they stand, so
+            // the manifest records them absolute.
+            for path in paths {
+                files.push(std::fs::canonicalize(path).map_err(|source| RaidError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?);
+            }
         }
         let mut devices: Vec<(String, Arc<dyn BlockDevice>)> = Vec::new();
         for file in &files {

@@ -275,3 +275,27 @@ fn rebuild_interrupted_by_a_crash_resumes_where_it_stopped() {
     rebooted[0].fail();
     assert_eq!(read_all(&volume), data);
 }
+
+#[test]
+fn misdirected_write_is_caught_at_both_addresses() {
+    for (level, members) in [(Level::Raid1, 2), (Level::Raid5, 3)] {
+        let (volume, disks) = sim_volume(&spec(level, 200, 1), members, 0, 24);
+        let mut rng = SimRng::new(25);
+        let mut data = fill(&volume, &mut rng);
+        let (role, member_block) = locate(&volume, 5);
+        let (_, elsewhere) = locate(&volume, 150);
+        // The member write for block 5 lands on another block of the same disk.
+        disks[role].misdirect_next_write(device_block(&volume, elsewhere + 1));
+        let new = random_blocks(&mut rng, 1);
+        volume.write(5, &new).unwrap();
+        data[5 * BS..6 * BS].copy_from_slice(&new);
+        let _ = member_block;
+        let report = volume.scrub(|_, _| {}).unwrap();
+        assert_eq!(report.unrepairable_blocks, 0, "{level:?}: {report:?}");
+        assert!(
+            report.repaired_blocks >= 2,
+            "{level:?}: both addresses should be repaired: {report:?}"
+        );
+        assert_eq!(read_all(&volume), data, "{level:?}");
+    }
+}

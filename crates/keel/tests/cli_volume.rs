@@ -309,3 +309,55 @@ fn bad_arguments_are_one_line_errors() {
     ]);
     assert!(error.contains("do not fit"), "{error}");
 }
+
+#[test]
+fn create_on_existing_files_with_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut paths = Vec::new();
+    for i in 0..3 {
+        let path = tmp.path().join(format!("existing{i}.raw"));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        paths.push(path.to_str().unwrap().to_string());
+    }
+    let dir = tmp.path().join("v");
+    let d = dir.to_str().unwrap();
+    let mut args = vec![
+        "volume", "create", d, "--level", "raid1", "--disks", "2", "--spares", "1", "--size",
+        "4MiB",
+    ];
+    for path in &paths {
+        args.push("--disk");
+        args.push(path);
+    }
+    ok(&args);
+    let status = json(&["volume", "status", d, "--json"]);
+    assert_eq!(status["state"], "healthy");
+    assert_eq!(status["disks"][2]["path"], paths[2].as_str());
+    // Too small a file is refused, naming it.
+    let small = tmp.path().join("small.raw");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(64 << 10)
+        .unwrap();
+    let dir2 = tmp.path().join("w");
+    let error = fails(&[
+        "volume",
+        "create",
+        dir2.to_str().unwrap(),
+        "--level",
+        "single",
+        "--disks",
+        "1",
+        "--size",
+        "4MiB",
+        "--disk",
+        small.to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("small.raw") && error.contains("needs"),
+        "{error}"
+    );
+}
