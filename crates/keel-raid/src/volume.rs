@@ -1846,6 +1846,25 @@ impl Inner {
             "resyncing regions written at the last crash"
         );
         let region = self.member_geometry.region_blocks;
+        // Resync repairs the active members only; a disk being rebuilt must
+        // not keep rows that resync may change, so its rebuild restarts from
+        // the first dirty region below its mark.
+        {
+            let first_dirty = dirty[0] * region;
+            let mut config = self.config_write();
+            let mut moved = false;
+            for slot in config.slots.iter_mut() {
+                if let SlotState::Rebuilding { next_block, .. } = &mut slot.state {
+                    if *next_block > first_dirty {
+                        *next_block = first_dirty;
+                        moved = true;
+                    }
+                }
+            }
+            if moved {
+                self.persist_config(&mut config)?;
+            }
+        }
         for r in &dirty {
             let first = r * region;
             let end = ((r + 1) * region).min(self.member_geometry.data_blocks);
