@@ -277,6 +277,63 @@ impl BlockDevice for FileDisk {
         result.map_err(|source| self.io_error(start, source))
     }
 
+    fn read_blocks_vectored(&self, start: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        check_request(self, start, total)?;
+        if let Some(bad) = bufs.iter().find(|b| b.len() % self.block_size != 0) {
+            return Err(DiskError::Misaligned {
+                device: self.name.clone(),
+                len: bad.len(),
+                block_size: self.block_size,
+            });
+        }
+        if self.direct || bufs.len() > 512 {
+            let mut block = start;
+            for buf in bufs.iter_mut() {
+                self.read_blocks(block, buf)?;
+                block += (buf.len() / self.block_size) as u64;
+            }
+            return Ok(());
+        }
+        self.check_poisoned()?;
+        let iovecs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let offset = start * self.block_size as u64;
+        // SAFETY: the iovecs point into live, exclusively borrowed slices.
+        let read = unsafe {
+            libc::preadv(
+                std::os::unix::io::AsRawFd::as_raw_fd(&self.file),
+                iovecs.as_ptr(),
+                iovecs.len() as i32,
+                offset as libc::off_t,
+            )
+        };
+        if read < 0 {
+            return Err(self.io_error(start, io::Error::last_os_error()));
+        }
+        // A short read: finish the rest buffer by buffer.
+        let mut done = read as usize;
+        let mut position = offset;
+        for buf in bufs.iter_mut() {
+            let len = buf.len();
+            if done >= len {
+                done -= len;
+            } else {
+                self.file
+                    .read_exact_at(&mut buf[done..], position + done as u64)
+                    .map_err(|source| self.io_error(position / self.block_size as u64, source))?;
+                done = 0;
+            }
+            position += len as u64;
+        }
+        Ok(())
+    }
+
     fn write_blocks_vectored(&self, start: u64, bufs: &[&[u8]]) -> Result<()> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         check_request(self, start, total)?;
@@ -391,6 +448,9 @@ mod tests {
         disk.read_blocks(1, &mut buf).unwrap();
         let firsts: Vec<u8> = buf.chunks(4096).map(|block| block[0]).collect();
         assert_eq!(firsts, vec![0, 1, 2, 2, 3, 0]);
+        let (mut x, mut y) = (vec![0u8; 8192], vec![0u8; 4096]);
+        disk.read_blocks_vectored(3, &mut [&mut x, &mut y]).unwrap();
+        assert_eq!((x[0], x[4096], y[0]), (2, 2, 3));
         assert!(matches!(
             disk.write_blocks_vectored(7, &[&a, &a]),
             Err(DiskError::OutOfRange { .. })

@@ -90,6 +90,12 @@ impl Member {
             .read_blocks(self.geometry.data_start() + block, buf)
     }
 
+    /// Raw scatter read of consecutive data blocks (no verification).
+    pub fn read_raw_vectored(&self, block: u64, bufs: &mut [&mut [u8]]) -> Result<(), DiskError> {
+        self.device
+            .read_blocks_vectored(self.geometry.data_start() + block, bufs)
+    }
+
     /// Writes data blocks and records their checksums.
     pub fn write(&self, block: u64, data: &[u8]) -> Result<(), DiskError> {
         self.device

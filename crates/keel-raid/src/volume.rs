@@ -943,82 +943,120 @@ impl Inner {
         Ok(())
     }
 
-    /// RAID-5 large reads: one large read per member covering many stripes
-    /// (parity included, so each member sees one sequential stream), issued
-    /// in parallel, then verified and scattered. Anything that fails
-    /// verification, or a missing member, goes through [`Inner::read_role`].
+    /// RAID-5 large reads. Each member reads its data chunks of many
+    /// stripes straight into the caller's buffer, one vectored read per run
+    /// of consecutive chunks (parity rows are skipped, not read), all members
+    /// in parallel; then every block is verified. Anything that fails
+    /// verification, and every chunk of a missing member, goes through
+    /// [`Inner::read_role`], which reconstructs and repairs.
     fn read_stripes(&self, start: u64, count: u64, buf: &mut [u8]) -> Result<()> {
         const STRIPES_PER_BATCH: usize = 64;
         let units = self.pieces(start, count);
-        let chunk = self.geometry.chunk_blocks;
         for group in units.chunks(STRIPES_PER_BATCH) {
             let mut lock_indices: Vec<usize> = group
                 .iter()
                 .map(|(unit, _)| (unit % LOCK_STRIPES as u64) as usize)
                 .collect();
-            // Ascending lock order: the only place that holds several locks.
+            // Ascending lock order: the only places that hold several locks
+            // (here and `write_full_stripes`) take them in this order.
             lock_indices.sort_unstable();
             lock_indices.dedup();
             let _guards: Vec<_> = lock_indices
                 .iter()
                 .map(|&i| self.locks[i].read().unwrap_or_else(|e| e.into_inner()))
                 .collect();
-            let first_row = group[0].0 * chunk;
-            let end_row =
-                ((group[group.len() - 1].0 + 1) * chunk).min(self.member_geometry.data_blocks);
-            let rows = end_row - first_row;
-            let readers: Vec<Option<(usize, Arc<Member>)>> = (0..self.geometry.roles)
-                .map(|role| {
-                    self.role_members(role)
-                        .into_iter()
-                        .find(|(_, _, valid)| *valid >= end_row)
-                        .map(|(slot, member, _)| (slot, member))
-                })
-                .collect();
-            let rows_read: Vec<Option<Vec<u8>>> = std::thread::scope(|scope| {
-                let handles: Vec<_> = readers
-                    .iter()
-                    .map(|reader| {
-                        scope.spawn(move || {
-                            let (slot, member) = reader.as_ref()?;
-                            let mut data = self.take_buffer(bytes(rows));
-                            match member.read_raw(first_row, &mut data) {
-                                Ok(()) => Some(data),
-                                Err(e) => {
-                                    if e.is_device_fatal() {
-                                        self.fail_slot(*slot, e.to_string());
-                                    }
-                                    self.give_buffers([data]);
-                                    None
-                                }
-                            }
-                        })
-                    })
+            // Cut the group's part of the buffer into one slice per piece and
+            // hand each to the role that holds it.
+            let group_start = group[0].1[0].buf_offset;
+            let mut rest: &mut [u8] = &mut buf[group_start..];
+            let mut per_role: Vec<Vec<(u64, &mut [u8])>> =
+                (0..self.geometry.roles).map(|_| Vec::new()).collect();
+            for (unit, pieces) in group {
+                for piece in pieces {
+                    let (head, tail) = std::mem::take(&mut rest).split_at_mut(bytes(piece.blocks));
+                    rest = tail;
+                    per_role[self.geometry.data_role(*unit, piece.chunk)]
+                        .push((piece.member_block, head));
+                }
+            }
+            let results: Vec<Result<()>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = per_role
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, pieces)| !pieces.is_empty())
+                    .map(|(role, pieces)| scope.spawn(move || self.read_role_pieces(role, pieces)))
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().ok().flatten())
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(RaidError::Invalid("a read thread panicked".into()))
+                        })
+                    })
                     .collect()
             });
-            for (unit, pieces) in group {
-                for piece in pieces {
-                    let role = self.geometry.data_role(*unit, piece.chunk);
-                    let out = &mut buf[piece.buf_offset..piece.buf_offset + bytes(piece.blocks)];
-                    let (Some(data), Some((_, member))) = (&rows_read[role], &readers[role]) else {
-                        self.read_role(role, piece.member_block, out)?;
-                        continue;
-                    };
-                    let at = bytes(piece.member_block - first_row);
-                    out.copy_from_slice(&data[at..at + bytes(piece.blocks)]);
-                    for i in 0..piece.blocks {
-                        let block = &mut out[bytes(i)..bytes(i + 1)];
-                        if !member.verify(piece.member_block + i, block) {
-                            self.read_role(role, piece.member_block + i, block)?;
+            for result in results {
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads pieces of one role (ascending member blocks) with one vectored
+    /// read per contiguous run, then verifies, falling back to
+    /// [`Inner::read_role`] for what fails.
+    fn read_role_pieces(&self, role: usize, mut pieces: Vec<(u64, &mut [u8])>) -> Result<()> {
+        let end = pieces
+            .last()
+            .map(|(block, data)| block + (data.len() / BLOCK_SIZE) as u64)
+            .unwrap_or(0);
+        let reader = self
+            .role_members(role)
+            .into_iter()
+            .find(|(_, _, valid)| *valid >= end);
+        let Some((slot, member, _)) = reader else {
+            for (block, data) in pieces.iter_mut() {
+                self.read_role(role, *block, data)?;
+            }
+            return Ok(());
+        };
+        let mut index = 0;
+        while index < pieces.len() {
+            let mut run_end = index + 1;
+            let mut next_block = pieces[index].0 + (pieces[index].1.len() / BLOCK_SIZE) as u64;
+            while run_end < pieces.len() && pieces[run_end].0 == next_block {
+                next_block += (pieces[run_end].1.len() / BLOCK_SIZE) as u64;
+                run_end += 1;
+            }
+            let first_block = pieces[index].0;
+            let read = {
+                let mut slices: Vec<&mut [u8]> = pieces[index..run_end]
+                    .iter_mut()
+                    .map(|(_, d)| &mut **d)
+                    .collect();
+                member.read_raw_vectored(first_block, &mut slices)
+            };
+            match read {
+                Ok(()) => {
+                    for (block, data) in pieces[index..run_end].iter_mut() {
+                        for i in 0..(data.len() / BLOCK_SIZE) as u64 {
+                            let one = &mut data[bytes(i)..bytes(i + 1)];
+                            if !member.verify(*block + i, one) {
+                                self.read_role(role, *block + i, one)?;
+                            }
                         }
                     }
                 }
+                Err(e) => {
+                    if e.is_device_fatal() {
+                        self.fail_slot(slot, e.to_string());
+                    }
+                    for (block, data) in pieces[index..run_end].iter_mut() {
+                        self.read_role(role, *block, data)?;
+                    }
+                }
             }
-            self.give_buffers(rows_read.into_iter().flatten());
+            index = run_end;
         }
         Ok(())
     }
