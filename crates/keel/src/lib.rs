@@ -9,6 +9,7 @@
 //! command-line tool's dependencies. See `docs/ARCHITECTURE.md`.
 
 pub use keel_disk as disk;
+pub use keel_journal as journal;
 pub use keel_raid as raid;
 
 pub use keel_disk::{BlockDevice, DiskError, FileDisk, MemDisk, SimDisk};

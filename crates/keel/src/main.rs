@@ -1,5 +1,6 @@
 //! The `keel` command-line tool.
 
+mod bench_journal;
 mod bench_raid;
 mod demo;
 mod util;
@@ -39,6 +40,9 @@ enum BenchCommand {
     /// Sequential throughput of single, raid1 and raid5 volumes against plain
     /// writes of the same bytes to one file; degraded read; rebuild; XOR parity.
     Raid(bench_raid::RaidBenchArgs),
+    /// Journal commits per second and latency with 1–64 committers, next to
+    /// the fdatasync floor; recovery time of a full log.
+    Journal(bench_journal::JournalBenchArgs),
 }
 
 /// Where benchmarks and demos put their files by default.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Volume(command) => volume_cmd::run(command),
         Command::Bench(BenchCommand::Raid(args)) => bench_raid::run(args),
+        Command::Bench(BenchCommand::Journal(args)) => bench_journal::run(args),
     };
     match result {
         Ok(code) => code,
