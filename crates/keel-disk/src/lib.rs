@@ -23,11 +23,13 @@
 mod error;
 mod file;
 mod mem;
+mod partition;
 pub mod sim;
 
 pub use error::{DiskError, Result};
 pub use file::{FileDisk, FileDiskOptions};
 pub use mem::MemDisk;
+pub use partition::Partition;
 pub use sim::{SimDisk, SimRng};
 
 /// Size of the unit a disk writes atomically: a write may be torn at this
