@@ -1,0 +1,135 @@
+//! Read-ahead through the whole cache: sequential reads are prefetched in
+//! large reads, random reads are not, unused prefetches are counted.
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use keel_cache::{Cache, CacheConfig, ReadAheadConfig, ReadHint};
+use keel_disk::{BlockDevice, MemDisk, SimRng};
+
+const BS: usize = 512;
+
+fn cache_over(disk: Arc<common::FlakyDisk<MemDisk>>, enabled: bool) -> Arc<Cache> {
+    Cache::new(
+        disk,
+        CacheConfig {
+            capacity_bytes: 4096 * BS as u64,
+            background_flusher: false,
+            read_ahead: ReadAheadConfig {
+                enabled,
+                max_window_blocks: 64,
+                ..ReadAheadConfig::default()
+            },
+            ..CacheConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+fn slow_disk(blocks: u64) -> Arc<common::FlakyDisk<MemDisk>> {
+    let disk = MemDisk::new(BS, blocks);
+    for block in 0..blocks {
+        disk.write_blocks(block, &common::pattern(block, 1, BS))
+            .unwrap();
+    }
+    let disk = Arc::new(common::FlakyDisk::new(disk));
+    // Every device read costs 200 µs, as a seek would: read-ahead has time
+    // to run ahead of the reader.
+    disk.read_delay_us.store(200, Ordering::Relaxed);
+    disk
+}
+
+#[test]
+fn sequential_reads_are_prefetched_in_large_reads() {
+    let disk = slow_disk(2_048);
+    let cache = cache_over(disk.clone(), true);
+    for block in 0..2_048 {
+        let data = cache.read(block, ReadHint::Normal).unwrap();
+        assert!(
+            data[..] == common::pattern(block, 1, BS)[..],
+            "block {block}"
+        );
+    }
+    let stats = cache.stats();
+    let device_reads = disk.reads.load(Ordering::SeqCst);
+    assert!(stats.prefetched > 1_000, "{stats:?}");
+    assert!(stats.prefetch_hits > 1_000, "{stats:?}");
+    assert!(
+        device_reads < 2_048 / 4,
+        "{device_reads} device reads for 2048 blocks: {stats:?}"
+    );
+}
+
+#[test]
+fn without_read_ahead_every_block_is_a_device_read() {
+    let disk = slow_disk(256);
+    let cache = cache_over(disk.clone(), false);
+    for block in 0..256 {
+        drop(cache.read(block, ReadHint::Normal).unwrap());
+    }
+    assert_eq!(disk.reads.load(Ordering::SeqCst), 256);
+    assert_eq!(cache.stats().prefetched, 0);
+}
+
+#[test]
+fn random_reads_prefetch_nothing() {
+    let disk = slow_disk(100_000);
+    let cache = cache_over(disk.clone(), true);
+    let seed = common::seed("random_reads_prefetch_nothing");
+    let mut rng = SimRng::new(seed);
+    for _ in 0..300 {
+        // Blocks far apart: never the next block of any stream.
+        let block = rng.below(10_000) * 10;
+        drop(cache.read(block, ReadHint::Normal).unwrap());
+    }
+    assert_eq!(cache.stats().prefetched, 0, "seed {seed}");
+}
+
+#[test]
+fn unused_prefetches_are_evicted_first_and_counted_as_waste() {
+    let disk = slow_disk(4_096);
+    let cache = Cache::new(
+        disk.clone(),
+        CacheConfig {
+            capacity_bytes: 256 * BS as u64,
+            background_flusher: false,
+            read_ahead: ReadAheadConfig {
+                enabled: true,
+                max_window_blocks: 64,
+                ..ReadAheadConfig::default()
+            },
+            ..CacheConfig::default()
+        },
+    )
+    .unwrap();
+    // A working set used twice, so it sits in the main queue.
+    for _ in 0..3 {
+        for block in 3_000..3_050 {
+            drop(cache.read(block, ReadHint::NoReadAhead).unwrap());
+        }
+    }
+    // Short sequential bursts that stop early: their read-ahead is wasted.
+    for burst in 0..40u64 {
+        for block in burst * 64..burst * 64 + 4 {
+            drop(cache.read(block, ReadHint::Normal).unwrap());
+        }
+    }
+    // Let in-flight prefetches land, then push them out with more misses.
+    cache.wait_for_read_ahead();
+    // 150 new blocks: with the working set they fit; the stale prefetches
+    // are what must make room.
+    for block in 2_600..2_750 {
+        drop(cache.read(block, ReadHint::NoReadAhead).unwrap());
+    }
+    let stats = cache.stats();
+    assert!(
+        stats.prefetched > 0 && stats.prefetch_waste > 0,
+        "{stats:?}"
+    );
+    let kept = (3_000..3_050).filter(|b| cache.contains(*b)).count();
+    assert!(
+        kept >= 45,
+        "working set lost to prefetch: kept {kept}: {stats:?}"
+    );
+}
