@@ -44,6 +44,7 @@
 //! `journal` (the I/O edges: group commit, checkpoint, open). The format and
 //! the recovery decision table are in `docs/journal.md`.
 
+mod cache_store;
 mod error;
 pub mod format;
 mod journal;

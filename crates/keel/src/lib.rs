@@ -8,6 +8,7 @@
 //! dependency; with `default-features = false` it compiles none of the
 //! command-line tool's dependencies. See `docs/ARCHITECTURE.md`.
 
+pub use keel_cache as cache;
 pub use keel_disk as disk;
 pub use keel_journal as journal;
 pub use keel_raid as raid;

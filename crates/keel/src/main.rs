@@ -1,5 +1,6 @@
 //! The `keel` command-line tool.
 
+mod bench_cache;
 mod bench_journal;
 mod bench_raid;
 mod demo;
@@ -40,6 +41,9 @@ enum BenchCommand {
     /// Sequential throughput of single, raid1 and raid5 volumes against plain
     /// writes of the same bytes to one file; degraded read; rebuild; XOR parity.
     Raid(bench_raid::RaidBenchArgs),
+    /// Cache hit ratios on block traces against LRU, quick_cache and moka;
+    /// read-ahead and hit-throughput benchmarks.
+    Cache(bench_cache::CacheBenchArgs),
     /// Journal commits per second and latency with 1–64 committers, next to
     /// the fdatasync floor; recovery time of a full log.
     Journal(bench_journal::JournalBenchArgs),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Volume(command) => volume_cmd::run(command),
         Command::Bench(BenchCommand::Raid(args)) => bench_raid::run(args),
         Command::Bench(BenchCommand::Journal(args)) => bench_journal::run(args),
+        Command::Bench(BenchCommand::Cache(args)) => bench_cache::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,182 @@
+//! `keel bench cache`: hit ratios of keel's cache policies on block traces,
+//! side by side with LRU, quick_cache and moka in the same run; optionally
+//! the read-ahead and hit-throughput benchmarks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use keel_cache::bench::{
+    check_targets, default_traces_dir, run_hit_throughput_bench, run_readahead_bench,
+    run_trace_bench, write_plots, HitBenchOptions, ReadAheadBenchOptions, TraceBenchOptions,
+};
+
+#[derive(Args)]
+pub struct CacheBenchArgs {
+    /// Also replay this trace file (one block number per line; .gz and .xz
+    /// are read compressed). Repeat for more.
+    #[arg(long = "trace")]
+    pub traces: Vec<PathBuf>,
+    /// Directory of the public traces (default: ../shared/traces, or
+    /// KEEL_TRACES_DIR).
+    #[arg(long)]
+    pub traces_dir: Option<PathBuf>,
+    /// Skip the public traces (run the synthetic ones and --trace files).
+    #[arg(long)]
+    pub no_public: bool,
+    /// Skip the synthetic traces (zipf, loop, hot set + scan).
+    #[arg(long)]
+    pub no_synthetic: bool,
+    /// Write one SVG plot per trace (hit ratio against cache size) here.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Also run the read-ahead benchmark (256 MiB sequential read on a
+    /// FileDisk, read-ahead off and on, against large direct reads).
+    #[arg(long)]
+    pub readahead: bool,
+    /// Also run the hit-throughput benchmark (1 and 2 threads, against quick_cache and moka).
+    #[arg(long)]
+    pub hits: bool,
+    /// Directory for the read-ahead benchmark's image (default: a temporary
+    /// directory under the current one).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON lines: one object per (trace, policy, capacity), then the
+    /// read-ahead and hit-throughput results.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
+    let traces_dir = args.traces_dir.clone().unwrap_or_else(default_traces_dir);
+    let public = !args.no_public;
+    if public && !traces_dir.is_dir() {
+        anyhow::bail!(
+            "trace directory {} not found (give --traces-dir DIR, set KEEL_TRACES_DIR, or pass --no-public)",
+            traces_dir.display()
+        );
+    }
+    let options = TraceBenchOptions {
+        traces_dir,
+        public_traces: public,
+        synthetic_traces: !args.no_synthetic,
+        extra_traces: args.traces.clone(),
+        ..TraceBenchOptions::default()
+    };
+    let mut progress = |message: &str| tracing::info!("{message}");
+    let results = run_trace_bench(&options, &mut progress).context("trace benchmark")?;
+    let checks = check_targets(&results);
+    if args.json {
+        for result in &results {
+            println!("{}", serde_json::to_string(result)?);
+        }
+    } else {
+        println!(
+            "{:<28} {:>9} {:>8} {:>8} {:>12} {:>8}  hot after scan",
+            "trace", "capacity", "keel", "lru", "quick_cache", "moka"
+        );
+        let mut keys: Vec<(String, u64)> = results
+            .iter()
+            .map(|r| (r.trace.clone(), r.capacity_blocks))
+            .collect();
+        keys.dedup();
+        for (trace, capacity) in keys {
+            let ratio = |policy: &str| {
+                results
+                    .iter()
+                    .find(|r| {
+                        r.trace == trace && r.capacity_blocks == capacity && r.policy == policy
+                    })
+                    .map(|r| format!("{:.4}", r.hit_ratio))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let default = results
+                .iter()
+                .find(|r| r.trace == trace && r.capacity_blocks == capacity && r.default);
+            let hot = default
+                .and_then(|r| r.hot_hit_ratio_after_scan)
+                .map(|h| format!("{h:.3}"))
+                .unwrap_or_default();
+            let keel = default
+                .map(|r| format!("{:.4}", r.hit_ratio))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:<28} {:>9} {:>8} {:>8} {:>12} {:>8}  {hot}",
+                trace,
+                capacity,
+                keel,
+                ratio("lru"),
+                ratio("quick_cache"),
+                ratio("moka")
+            );
+        }
+        let missed: Vec<_> = checks.iter().filter(|c| !c.met).collect();
+        println!(
+            "targets: {} of {} (trace, capacity) points met (default within 1 point of the best of lru, quick_cache, moka; hot set >= 0.90 after the scan)",
+            checks.len() - missed.len(),
+            checks.len()
+        );
+        for check in missed {
+            println!(
+                "  missed: {} at {} blocks: keel {:.4} vs {} {:.4} ({:+.2} points)",
+                check.trace,
+                check.capacity_blocks,
+                check.default_hit_ratio,
+                check.best_other,
+                check.best_other_hit_ratio,
+                check.margin_points
+            );
+        }
+    }
+    if let Some(dir) = &args.plots {
+        let written = write_plots(&results, dir).context("writing plots")?;
+        if !args.json {
+            println!("wrote {} plots to {}", written.len(), dir.display());
+        }
+    }
+    if args.readahead {
+        let temp;
+        let dir = match &args.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                temp = tempfile::Builder::new()
+                    .prefix("keel-bench-cache")
+                    .tempdir_in(crate::default_work_dir())
+                    .context("cannot make a directory for the benchmark")?;
+                temp.path().to_path_buf()
+            }
+        };
+        let options = ReadAheadBenchOptions {
+            dir,
+            ..ReadAheadBenchOptions::default()
+        };
+        for result in
+            run_readahead_bench(&options, &mut progress).context("read-ahead benchmark")?
+        {
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!(
+                    "read-ahead: {:<22} {:>8.0} MiB/s  {:.2}x direct  (prefetched {}, prefetch hits {}, waste {})",
+                    result.mode, result.mib_per_second, result.ratio_to_direct, result.prefetched_blocks, result.prefetch_hits, result.prefetch_waste
+                );
+            }
+        }
+    }
+    if args.hits {
+        for result in run_hit_throughput_bench(&HitBenchOptions::default(), &mut progress)
+            .context("hit-throughput benchmark")?
+        {
+            if args.json {
+                println!("{}", serde_json::to_string(&result)?);
+            } else {
+                println!(
+                    "hits: {:<18} {} thread(s) {:>12.0} ops/s ({:.0} ops per CPU second)",
+                    result.cache, result.threads, result.ops_per_second, result.ops_per_cpu_second
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
