@@ -136,17 +136,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.readahead {
-        let temp;
-        let dir = match &args.dir {
-            Some(dir) => dir.clone(),
-            None => {
-                temp = tempfile::Builder::new()
-                    .prefix("keel-bench-cache")
-                    .tempdir_in(crate::default_work_dir())
-                    .context("cannot make a directory for the benchmark")?;
-                temp.path().to_path_buf()
-            }
-        };
+        let (dir, _temp) = crate::util::bench_dir(args.dir.as_deref(), "keel-bench-cache")?;
         let options = ReadAheadBenchOptions {
             dir,
             ..ReadAheadBenchOptions::default()

@@ -40,20 +40,7 @@ pub fn run(args: JournalBenchArgs) -> anyhow::Result<ExitCode> {
         !args.threads.is_empty() && !args.threads.contains(&0),
         "--threads must be positive numbers"
     );
-    let temp;
-    let dir = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("keel-bench-journal")
-                .tempdir_in(crate::default_work_dir())
-                .context("cannot make a directory for the benchmark")?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (dir, _temp) = crate::util::bench_dir(args.dir.as_deref(), "keel-bench-journal")?;
     let options = JournalBenchOptions {
         dir,
         thread_counts: args.threads.clone(),

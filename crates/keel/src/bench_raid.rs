@@ -219,20 +219,7 @@ pub fn run(args: RaidBenchArgs) -> anyhow::Result<ExitCode> {
     let size = parse_size(&args.size)?;
     let size = size - size % REQUEST_BYTES as u64;
     anyhow::ensure!(size > 0, "--size must be at least 1 MiB");
-    let temp;
-    let dir = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("keel-bench-raid")
-                .tempdir_in(crate::default_work_dir())
-                .context("cannot make a directory for the benchmark")?;
-            temp.path().to_path_buf()
-        }
-    };
+    let (dir, _temp) = crate::util::bench_dir(args.dir.as_deref(), "keel-bench-raid")?;
     let blocks = size / BLOCK_SIZE as u64;
     let mut rows: Vec<Row> = Vec::new();
     let plain = PlainFile::create(&dir, size)?;

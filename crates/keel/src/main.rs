@@ -7,7 +7,6 @@ mod demo;
 mod util;
 mod volume_cmd;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -47,11 +46,6 @@ enum BenchCommand {
     /// Journal commits per second and latency with 1–64 committers, next to
     /// the fdatasync floor; recovery time of a full log.
     Journal(bench_journal::JournalBenchArgs),
-}
-
-/// Where benchmarks and demos put their files by default.
-pub fn default_work_dir() -> PathBuf {
-    PathBuf::from(".")
 }
 
 fn main() -> ExitCode {

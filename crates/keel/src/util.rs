@@ -44,6 +44,29 @@ pub fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// The directory a benchmark works in: `dir` if given (created), else a new
+/// temporary directory under the current one, so the file system measured is
+/// the one the user runs in. The guard removes the temporary directory.
+pub fn bench_dir(
+    dir: Option<&std::path::Path>,
+    prefix: &str,
+) -> anyhow::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            Ok((dir.to_path_buf(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir_in(".")
+                .context("cannot make a directory for the benchmark in the current directory")?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
 pub fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64().max(1e-9)
 }

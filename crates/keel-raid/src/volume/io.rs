@@ -3,6 +3,19 @@
 
 use super::*;
 
+/// The lock indices of `units`, ascending and without repeats. The only
+/// paths that hold several unit locks at once (`read_stripes`,
+/// `write_full_stripes`) take them in this order, so they cannot deadlock
+/// with each other; every other path holds one lock at a time.
+fn lock_order(units: impl Iterator<Item = u64>) -> Vec<usize> {
+    let mut indices: Vec<usize> = units
+        .map(|unit| (unit % LOCK_STRIPES as u64) as usize)
+        .collect();
+    indices.sort_unstable();
+    indices.dedup();
+    indices
+}
+
 impl Inner {
     // ---------------------------------------------------------------- reads
 
@@ -41,17 +54,9 @@ impl Inner {
         const STRIPES_PER_BATCH: usize = 64;
         let units = self.pieces(start, count);
         for group in units.chunks(STRIPES_PER_BATCH) {
-            let mut lock_indices: Vec<usize> = group
-                .iter()
-                .map(|(unit, _)| (unit % LOCK_STRIPES as u64) as usize)
-                .collect();
-            // Ascending lock order: the only places that hold several locks
-            // (here and `write_full_stripes`) take them in this order.
-            lock_indices.sort_unstable();
-            lock_indices.dedup();
-            let _guards: Vec<_> = lock_indices
-                .iter()
-                .map(|&i| self.locks[i].read().unwrap_or_else(|e| e.into_inner()))
+            let _guards: Vec<_> = lock_order(group.iter().map(|(unit, _)| *unit))
+                .into_iter()
+                .map(|i| self.locks[i].read().unwrap_or_else(|e| e.into_inner()))
                 .collect();
             // Cut the group's part of the buffer into one slice per piece and
             // hand each to the role that holds it.
@@ -368,15 +373,9 @@ impl Inner {
         let mut stripe = first;
         while stripe < end {
             let batch_end = (stripe + STRIPES_PER_BATCH).min(end);
-            let mut lock_indices: Vec<usize> = (stripe..batch_end)
-                .map(|unit| (unit % LOCK_STRIPES as u64) as usize)
-                .collect();
-            // Ascending lock order, as in `read_stripes`.
-            lock_indices.sort_unstable();
-            lock_indices.dedup();
-            let _guards: Vec<_> = lock_indices
-                .iter()
-                .map(|&i| self.locks[i].write().unwrap_or_else(|e| e.into_inner()))
+            let _guards: Vec<_> = lock_order(stripe..batch_end)
+                .into_iter()
+                .map(|i| self.locks[i].write().unwrap_or_else(|e| e.into_inner()))
                 .collect();
             let first_row = stripe * chunk;
             let rows = (batch_end - stripe) * chunk;
