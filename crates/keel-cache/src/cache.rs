@@ -702,19 +702,37 @@ impl Cache {
     /// frames. If every resident frame is busy the shard stays over capacity
     /// until write-back or unpinning lets it shrink.
     fn evict_over_capacity(&self, inner: &mut ShardInner, evicted: &mut Vec<Arc<Frame>>) {
-        while inner.map.len() > inner.capacity {
+        Self::evict_down_to(inner, inner.capacity, false, evicted);
+    }
+
+    /// Evicts until the shard holds at most `limit` blocks; with
+    /// `for_prefetch`, only victims the policy would give up for a block
+    /// read ahead ([`Policy::evict_for_prefetch`]). Returns true when the
+    /// shard fits.
+    fn evict_down_to(
+        inner: &mut ShardInner,
+        limit: usize,
+        for_prefetch: bool,
+        evicted: &mut Vec<Arc<Frame>>,
+    ) -> bool {
+        while inner.map.len() > limit {
             let ShardInner {
                 map, policy, dirty, ..
             } = inner;
-            let victim = policy.evict(&mut |key| {
+            let mut may_evict = |key| {
                 map.get(&key).is_some_and(|frame| {
                     Arc::strong_count(frame) == 1
                         && frame.state.load(Ordering::Acquire) == READY
                         && !dirty.contains_key(&key)
                 })
-            });
+            };
+            let victim = if for_prefetch {
+                policy.evict_for_prefetch(&mut may_evict)
+            } else {
+                policy.evict(&mut may_evict)
+            };
             let Some(victim) = victim else {
-                break;
+                return false;
             };
             let frame = map
                 .remove(&victim)
@@ -725,6 +743,7 @@ impl Cache {
             inner.evictions += 1;
             evicted.push(frame);
         }
+        true
     }
 
     /// Delayed write of a whole block: the cache takes the bytes and the
@@ -1118,7 +1137,8 @@ impl Cache {
     fn prefetch(&self, start: u64, count: usize, buffer: &mut Vec<u8>) {
         let end = (start + count as u64).min(self.block_count);
         let mut block = start;
-        while block < end {
+        let mut stop = false;
+        while block < end && !stop {
             // Claim a stretch of missing blocks.
             let mut claimed = Vec::new();
             // Evicted frames are freed once per stretch, not once per block.
@@ -1134,11 +1154,20 @@ impl Cache {
                     }
                     break;
                 }
+                // Room for a guess is made only from blocks the policy
+                // would give up for one (never the working set); when there
+                // are none, read-ahead stops here and the reader's own
+                // misses bring the blocks in.
+                let limit = inner.capacity.saturating_sub(1);
+                if !Self::evict_down_to(&mut inner, limit, true, &mut evicted) {
+                    drop(inner);
+                    stop = true;
+                    break;
+                }
                 let frame = Frame::new(self.new_buffer(), LOADING, true);
                 let lock = FrameWriteLock::lock(frame.clone());
                 inner.map.insert(block, frame);
                 inner.policy.insert(block, Access::Prefetch);
-                self.evict_over_capacity(&mut inner, &mut evicted);
                 drop(inner);
                 claimed.push(lock);
                 block += 1;

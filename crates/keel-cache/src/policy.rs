@@ -81,6 +81,13 @@ pub trait Policy: Send {
     /// Chooses a victim among blocks for which `may_evict` is true, forgets
     /// it and returns it; `None` when no resident block may be evicted.
     fn evict(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64>;
+    /// Chooses a victim to make room for a block read ahead (a guess that
+    /// nobody has asked for yet), like [`Policy::evict`]; `None` when the
+    /// policy would rather not give up a block for a guess, and the cache
+    /// then skips the prefetch. By default, the same victim as `evict`.
+    fn evict_for_prefetch(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        self.evict(may_evict)
+    }
 }
 
 /// Which policy a cache (or a benchmark run) uses.
@@ -696,6 +703,44 @@ impl Segments {
         self.lists.lens[PROBATION as usize] + self.lists.lens[PROTECTED as usize]
     }
 
+    /// A victim to make room for a prefetched block, which has no
+    /// frequency of its own yet: used-once and stale prefetched blocks
+    /// first, then the oldest window or probation block that looks like
+    /// part of a scan (seen at most [`PREFETCH_DISPLACES_FREQ`] times).
+    /// Never a protected block, nor a block seen more often: a guess must
+    /// not cost the working set. `None` when there is no such block.
+    fn evict_for_prefetch(
+        &mut self,
+        sketch: &FrequencySketch,
+        may_evict: &mut dyn FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        let reserve = prefetch_reserve(self.capacity);
+        if let Some(key) = self.lists.evict_first(W_PREFETCH, reserve, may_evict) {
+            return Some(key);
+        }
+        // The window's overflow first (its oldest blocks are the next
+        // candidates anyway), then probation, then what the window keeps.
+        let window_over = self.lists.lens[WINDOW as usize] > self.window_target;
+        let order: [u8; 2] = if window_over || self.main_len() == 0 {
+            [WINDOW, PROBATION]
+        } else {
+            [PROBATION, WINDOW]
+        };
+        for list in order {
+            let mut at = self.lists.tails[list as usize];
+            let mut looked = 0;
+            while at != NIL && looked < PREFETCH_VICTIM_SEARCH {
+                looked += 1;
+                let Node { key, prev, .. } = self.lists.nodes[at as usize];
+                if sketch.frequency(key) <= PREFETCH_DISPLACES_FREQ && may_evict(key) {
+                    return Some(self.lists.remove(at));
+                }
+                at = prev;
+            }
+        }
+        None
+    }
+
     /// A real (normal) access to a resident block.
     fn hit(&mut self, at: u32) {
         match self.lists.nodes[at as usize].list {
@@ -826,6 +871,13 @@ impl Segments {
         None
     }
 }
+
+/// A prefetched block may displace a window or probation block seen at
+/// most this often (a block of the same scan), never a more frequent one.
+const PREFETCH_DISPLACES_FREQ: u8 = 1;
+/// How many blocks from the old end of the window and of probation a
+/// prefetch looks at for a victim.
+const PREFETCH_VICTIM_SEARCH: usize = 16;
 
 /// Window sizes the shadow simulations try, as fractions of the capacity:
 /// from frequency-biased (1%, moka's and Caffeine's starting point) to pure
@@ -1008,12 +1060,18 @@ impl Policy for WTinyLfu {
         let Some(at) = self.segments.lists.get(key) else {
             return;
         };
+        let prefetched = self.segments.lists.nodes[at as usize].list == W_PREFETCH;
         if access != Access::Normal {
-            if access == Access::UseOnce
-                && self.segments.lists.nodes[at as usize].list == W_PREFETCH
-            {
+            if access == Access::UseOnce && prefetched {
                 self.segments.lists.move_to_head(at, COLD);
             }
+            return;
+        }
+        if prefetched {
+            // The first real use of a block read ahead is its first access:
+            // it enters as a miss would have (window, one count).
+            self.segments.lists.remove(at);
+            self.insert(key, Access::Normal);
             return;
         }
         self.sketch.increment(key);
@@ -1042,6 +1100,9 @@ impl Policy for WTinyLfu {
     }
     fn evict(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
         self.segments.evict(&self.sketch, may_evict)
+    }
+    fn evict_for_prefetch(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        self.segments.evict_for_prefetch(&self.sketch, may_evict)
     }
 }
 
