@@ -184,6 +184,19 @@ impl FileDisk {
         Ok(())
     }
 
+    /// A vectored request: the range must fit and every buffer be whole blocks.
+    fn check_vectored(&self, start: u64, lens: impl Iterator<Item = usize> + Clone) -> Result<()> {
+        check_request(self, start, lens.clone().sum())?;
+        if let Some(len) = lens.into_iter().find(|len| len % self.block_size != 0) {
+            return Err(DiskError::Misaligned {
+                device: self.name.clone(),
+                len,
+                block_size: self.block_size,
+            });
+        }
+        Ok(())
+    }
+
     fn io_error(&self, block: u64, source: io::Error) -> DiskError {
         DiskError::Io {
             device: self.name.clone(),
@@ -295,15 +308,7 @@ impl BlockDevice for FileDisk {
     }
 
     fn read_blocks_vectored(&self, start: u64, bufs: &mut [&mut [u8]]) -> Result<()> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        check_request(self, start, total)?;
-        if let Some(bad) = bufs.iter().find(|b| b.len() % self.block_size != 0) {
-            return Err(DiskError::Misaligned {
-                device: self.name.clone(),
-                len: bad.len(),
-                block_size: self.block_size,
-            });
-        }
+        self.check_vectored(start, bufs.iter().map(|b| b.len()))?;
         if self.direct || bufs.len() > 512 {
             let mut block = start;
             for buf in bufs.iter_mut() {
@@ -352,15 +357,7 @@ impl BlockDevice for FileDisk {
     }
 
     fn write_blocks_vectored(&self, start: u64, bufs: &[&[u8]]) -> Result<()> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        check_request(self, start, total)?;
-        if let Some(bad) = bufs.iter().find(|b| b.len() % self.block_size != 0) {
-            return Err(DiskError::Misaligned {
-                device: self.name.clone(),
-                len: bad.len(),
-                block_size: self.block_size,
-            });
-        }
+        self.check_vectored(start, bufs.iter().map(|b| b.len()))?;
         if self.direct || bufs.len() > 512 {
             // O_DIRECT needs aligned buffers; very long lists exceed IOV_MAX.
             let mut block = start;
