@@ -552,27 +552,21 @@ impl Cache {
     /// at the same time). Sequential reads start read-ahead.
     pub fn read(&self, block: u64, hint: ReadHint) -> Result<BlockRef> {
         self.check_block(block)?;
-        if hint != ReadHint::NoReadAhead {
-            // The stream table is the one cache-wide lock on the read path,
-            // so it is only tried: under contention a read skips detection
-            // (streams pick up again at their next block, or anywhere in
-            // what they already prefetched).
-            if let Some(mut read_ahead) = self.read_ahead.as_ref().and_then(|r| r.try_lock()) {
-                let request = read_ahead.on_read(block, self.block_count);
-                drop(read_ahead);
-                if let Some((start, count)) = request {
-                    // Never read ahead more than a quarter of the cache.
-                    let limit = (self.capacity_blocks.load(Ordering::Relaxed) / 4).max(1);
-                    self.request_prefetch(start, count.min(limit));
-                }
-            }
-        }
         let access = match hint {
             ReadHint::UseOnce => Access::UseOnce,
             ReadHint::Normal | ReadHint::NoReadAhead => Access::Normal,
         };
         loop {
-            let (frame, loader) = self.lookup_or_insert(block, access);
+            let (frame, loader, first_use_of_prefetch) = self.lookup_or_insert(block, access);
+            // Read-ahead watches misses and the first use of each prefetched
+            // block, as Linux's on-demand read-ahead does: a sequential
+            // reader shows up in both, while an ordinary hit — the common
+            // case, and the one that must scale — never touches the stream
+            // table. A miss asks before its own device read, so the prefetch
+            // overlaps it.
+            if (loader.is_some() || first_use_of_prefetch) && hint != ReadHint::NoReadAhead {
+                self.watch_stream(block);
+            }
             if let Some(mut lock) = loader {
                 self.counters.read_ios.fetch_add(1, Ordering::Relaxed);
                 match self.device.read_blocks(block, lock.bytes()) {
@@ -601,6 +595,24 @@ impl Cache {
         }
     }
 
+    /// Tells read-ahead about a read it should see, and issues what it
+    /// asks for.
+    fn watch_stream(&self, block: u64) {
+        // The stream table is the one cache-wide lock read-ahead takes, so
+        // it is only tried: under contention a read skips detection
+        // (streams pick up again at their next block, or anywhere in what
+        // they already prefetched).
+        if let Some(mut read_ahead) = self.read_ahead.as_ref().and_then(|r| r.try_lock()) {
+            let request = read_ahead.on_read(block, self.block_count);
+            drop(read_ahead);
+            if let Some((start, count)) = request {
+                // Never read ahead more than a quarter of the cache.
+                let limit = (self.capacity_blocks.load(Ordering::Relaxed) / 4).max(1);
+                self.request_prefetch(start, count.min(limit));
+            }
+        }
+    }
+
     /// Reads a block into `buf` (exactly one block long).
     pub fn read_into(&self, block: u64, hint: ReadHint, buf: &mut [u8]) -> Result<()> {
         self.check_length(block, buf.len())?;
@@ -621,9 +633,14 @@ impl Cache {
     }
 
     /// Finds the frame of `block`, or inserts a loading one. Returns the
-    /// frame and, when this caller must load it, the write guard to fill.
+    /// frame, the write guard to fill when this caller must load it, and
+    /// whether this is the first use of a block read ahead.
     #[allow(clippy::type_complexity)]
-    fn lookup_or_insert(&self, block: u64, access: Access) -> (Arc<Frame>, Option<FrameWriteLock>) {
+    fn lookup_or_insert(
+        &self,
+        block: u64,
+        access: Access,
+    ) -> (Arc<Frame>, Option<FrameWriteLock>, bool) {
         let shard = self.shard(block);
         let mut evicted = Vec::new();
         let result = {
@@ -631,14 +648,14 @@ impl Cache {
             if let Some(frame) = inner.map.get(&block) {
                 let frame = frame.clone();
                 // Load first: the common case writes nothing to the frame.
-                if frame.prefetched.load(Ordering::Relaxed)
-                    && frame.prefetched.swap(false, Ordering::Relaxed)
-                {
+                let first_use = frame.prefetched.load(Ordering::Relaxed)
+                    && frame.prefetched.swap(false, Ordering::Relaxed);
+                if first_use {
                     inner.prefetch_hits += 1;
                 }
                 inner.hits += 1;
                 inner.policy.touch(block, access);
-                (frame, None)
+                (frame, None, first_use)
             } else {
                 let frame = Frame::new(self.new_buffer(), LOADING, false);
                 // A fresh lock: taking it cannot wait.
@@ -647,7 +664,7 @@ impl Cache {
                 inner.misses += 1;
                 inner.policy.insert(block, access);
                 self.evict_over_capacity(&mut inner, &mut evicted);
-                (frame, Some(guard))
+                (frame, Some(guard), false)
             }
         };
         // Frames are freed outside the shard lock.

@@ -133,3 +133,37 @@ fn unused_prefetches_are_evicted_first_and_counted_as_waste() {
         "working set lost to prefetch: kept {kept}: {stats:?}"
     );
 }
+
+#[test]
+fn hits_leave_the_stream_table_alone_and_streams_resume_on_misses() {
+    let disk = slow_disk(4_096);
+    let cache = cache_over(disk.clone(), true);
+    // Blocks 0..64 are cached by random-style reads (no read-ahead).
+    for block in 0..64 {
+        drop(cache.read(block, ReadHint::NoReadAhead).unwrap());
+    }
+    let before = cache.stats();
+    // Re-reading them sequentially is all hits: read-ahead is not asked,
+    // so nothing is prefetched.
+    for block in 0..64 {
+        drop(cache.read(block, ReadHint::Normal).unwrap());
+    }
+    cache.wait_for_read_ahead();
+    let after_hits = cache.stats();
+    assert_eq!(
+        after_hits.prefetched, before.prefetched,
+        "hits started read-ahead: {after_hits:?}"
+    );
+    assert_eq!(after_hits.misses, before.misses);
+    // Going on into uncached blocks: the misses form a stream again and
+    // read-ahead takes over after a few blocks.
+    for block in 64..2_048 {
+        drop(cache.read(block, ReadHint::Normal).unwrap());
+    }
+    let stats = cache.stats();
+    let misses = stats.misses - after_hits.misses;
+    assert!(
+        stats.prefetch_hits > 1_800 && misses < 100,
+        "{misses} misses over 1984 sequential blocks: {stats:?}"
+    );
+}
