@@ -908,6 +908,8 @@ pub struct HitThroughputResult {
     /// (reads with `ReadHint::Normal`, read-ahead watching every read),
     /// `quick_cache` or `moka`.
     pub cache: String,
+    /// Resident blocks every reader picks from (uniformly at random).
+    pub capacity_blocks: u64,
     pub threads: usize,
     pub ops: u64,
     pub seconds: f64,
@@ -1035,6 +1037,7 @@ pub fn run_hit_throughput_bench(
             let cpu_seconds: f64 = per_thread.iter().map(|t| t.1).sum();
             let result = HitThroughputResult {
                 cache: name.to_string(),
+                capacity_blocks: options.blocks,
                 threads,
                 ops,
                 seconds,
@@ -1043,8 +1046,8 @@ pub fn run_hit_throughput_bench(
                 ops_per_cpu_second: ops as f64 / cpu_seconds.max(1e-9),
             };
             progress(&format!(
-                "{name:<12} {threads} thread(s): {:>12.0} ops/s, {:>12.0} ops per CPU-second ({} of {} were hits)",
-                result.ops_per_second, result.ops_per_cpu_second, hits, ops
+                "{name:<12} {} blocks, {threads} thread(s): {:>12.0} ops/s, {:>12.0} ops per CPU-second ({} of {} were hits)",
+                options.blocks, result.ops_per_second, result.ops_per_cpu_second, hits, ops
             ));
             results.push(result);
         }
