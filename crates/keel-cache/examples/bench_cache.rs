@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p keel-cache --features bench --example bench_cache -- \
-//!     [--json] [--trace FILE]... [--traces DIR] [--plots DIR] [--skip-traces] \
+//!     [--json] [--markdown] [--trace FILE]... [--traces DIR] [--plots DIR] [--skip-traces] \
 //!     [--skip-readahead] [--skip-hits] [--buffered] [--dir DIR] [--window BLOCKS]
 //!     [--repeats N] [--direct-read-kib KIB] [--hit-blocks N]
 //! ```
@@ -20,6 +20,7 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut json = false;
+    let mut markdown = false;
     let mut trace_options = TraceBenchOptions::default();
     let mut readahead_options = ReadAheadBenchOptions::default();
     let mut plots: Option<PathBuf> = None;
@@ -28,6 +29,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--json" => json = true,
+            "--markdown" => markdown = true,
             "--trace" => trace_options
                 .extra_traces
                 .push(args.next().ok_or("--trace FILE")?.into()),
@@ -63,6 +65,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             for row in &results {
                 println!("{}", serde_json::to_string(row)?);
             }
+        }
+        if markdown {
+            println!("{}", bench::markdown_table(&results));
         }
         let checks = bench::check_targets(&results);
         for check in &checks {

@@ -73,9 +73,11 @@ pub enum BenchPolicy {
 
 impl BenchPolicy {
     /// keel's policies, then the peers.
-    pub const ALL: [BenchPolicy; 6] = [
+    pub const ALL: [BenchPolicy; 8] = [
         BenchPolicy::Keel(PolicyKind::Lru),
         BenchPolicy::Keel(PolicyKind::S3Fifo),
+        BenchPolicy::Keel(PolicyKind::Lirs),
+        BenchPolicy::Keel(PolicyKind::Adaptive),
         BenchPolicy::Keel(PolicyKind::WTinyLfu),
         BenchPolicy::QuickCache,
         BenchPolicy::Moka,
@@ -528,6 +530,59 @@ pub fn check_targets(results: &[TraceResult]) -> Vec<TargetCheck> {
     checks
 }
 
+/// The results as a Markdown table: a row per (trace, capacity), a column
+/// per policy in [`BenchPolicy::ALL`] order (the default in bold), and the
+/// default's margin over the best of lru, quick_cache and moka (✗: target
+/// missed).
+pub fn markdown_table(results: &[TraceResult]) -> String {
+    let policies: Vec<BenchPolicy> = BenchPolicy::ALL.to_vec();
+    let mut out = String::from("| trace | blocks |");
+    for policy in &policies {
+        if policy.is_default() {
+            out += &format!(" **{}** (default) |", policy.name());
+        } else {
+            out += &format!(" {} |", policy.name());
+        }
+    }
+    out += " default − best of lru/quick_cache/moka |\n|---|---:|";
+    out += &"---:|".repeat(policies.len() + 1);
+    out.push('\n');
+    let checks = check_targets(results);
+    let mut keys: Vec<(String, u64)> = Vec::new();
+    for result in results {
+        let key = (result.trace.clone(), result.capacity_blocks);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for (trace, capacity) in keys {
+        out += &format!("| {trace} | {capacity} |");
+        for policy in &policies {
+            let ratio = results
+                .iter()
+                .find(|r| {
+                    r.trace == trace && r.capacity_blocks == capacity && r.policy == policy.name()
+                })
+                .map_or(String::from("–"), |r| format!("{:.4}", r.hit_ratio));
+            out += &format!(" {ratio} |");
+        }
+        let check = checks
+            .iter()
+            .find(|c| c.trace == trace && c.capacity_blocks == capacity);
+        match check {
+            Some(check) => {
+                out += &format!(
+                    " {:+.2}{} |\n",
+                    check.margin_points,
+                    if check.met { "" } else { " ✗" }
+                )
+            }
+            None => out += " |\n",
+        }
+    }
+    out
+}
+
 /// Writes one SVG per trace: hit ratio against cache size, a line per
 /// policy. Returns the files written.
 pub fn write_plots(results: &[TraceResult], dir: &Path) -> Result<Vec<PathBuf>, BenchError> {
@@ -560,7 +615,11 @@ fn svg_plot(trace: &str, rows: &[&TraceResult]) -> String {
     const RIGHT: f64 = 190.0;
     const TOP: f64 = 40.0;
     const BOTTOM: f64 = 50.0;
-    let colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"];
+    // One colour per policy (the Tableau palette), the default drawn black
+    // and thicker.
+    let colors = [
+        "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+    ];
     let mut policies: Vec<&str> = Vec::new();
     for row in rows {
         if !policies.contains(&row.policy.as_str()) {
@@ -643,9 +702,15 @@ fn svg_plot(trace: &str, rows: &[&TraceResult]) -> String {
             .iter()
             .map(|(x, y)| format!("{:.1},{:.1}", scale_x(*x as f64), scale_y(*y)))
             .collect();
+        let is_default = rows.iter().any(|r| r.policy == *policy && r.default);
+        let (color, width) = if is_default {
+            ("#000000", 3)
+        } else {
+            (color, 2)
+        };
         let _ = writeln!(
             svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="{width}" points="{}"/>"#,
             path.join(" ")
         );
         for point in &path {
@@ -654,7 +719,6 @@ fn svg_plot(trace: &str, rows: &[&TraceResult]) -> String {
         }
         let ly = TOP + 20.0 * index as f64 + 10.0;
         let lx = WIDTH - RIGHT + 12.0;
-        let is_default = rows.iter().any(|r| r.policy == *policy && r.default);
         let label = if is_default {
             format!("{policy} (keel default)")
         } else {
@@ -662,7 +726,7 @@ fn svg_plot(trace: &str, rows: &[&TraceResult]) -> String {
         };
         let _ = writeln!(
             svg,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{label}</text>"#,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="{width}"/><text x="{}" y="{}">{label}</text>"#,
             lx + 20.0,
             lx + 26.0,
             ly + 4.0

@@ -37,8 +37,8 @@ use crate::error::{CacheError, Result};
 use crate::policy::{Access, BlockHasher, BlockMap, Policy, PolicyKind};
 use crate::readahead::{ReadAhead, ReadAheadConfig};
 
-/// How the cache is built. [`CacheConfig::default`] gives 64 MiB, W-TinyLFU,
-/// read-ahead on, a flusher every 30 s.
+/// How the cache is built. [`CacheConfig::default`] gives 64 MiB, the
+/// adaptive W-TinyLFU/LIRS policy, read-ahead on, a flusher every 30 s.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// Memory for cached blocks, in bytes (rounded down to whole blocks, at

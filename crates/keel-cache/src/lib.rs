@@ -7,9 +7,11 @@
 //! A [`Cache`] keeps blocks of any [`keel_disk::BlockDevice`] in memory and
 //! is where the lecture's buffer-cache mechanisms live:
 //!
-//! * **Replacement** ([`policy`]): LRU as in the lecture, and W-TinyLFU with
-//!   an adaptive window as the scan-resistant default (S3-FIFO is available
-//!   too), with a use-once hint ([`ReadHint::UseOnce`]).
+//! * **Replacement** ([`policy`]): LRU as in the lecture; the scan-resistant
+//!   default ([`adaptive`]) keeps W-TinyLFU (with an adaptive window) and
+//!   LIRS ([`lirs`]) over one resident set and lets whichever a
+//!   mini-simulation shows ahead choose the victims (S3-FIFO, W-TinyLFU and
+//!   LIRS are available alone too); a use-once hint ([`ReadHint::UseOnce`]).
 //! * **Dynamic size**: [`Cache::resize`] grows or shrinks the cache while it
 //!   runs (shrinking writes dirty blocks home before evicting them).
 //! * **Read-ahead** ([`readahead`]): per-stream sequential detection, an
@@ -38,8 +40,10 @@
 //!    `sync`; the block stays dirty in memory.
 //! 5. Dropping the cache discards dirty blocks, as a crash would.
 
+pub mod adaptive;
 mod cache;
 mod error;
+pub mod lirs;
 pub mod policy;
 pub mod readahead;
 

@@ -11,9 +11,12 @@
 //! the trace benchmark (one for the whole trace), so the hit ratios measured
 //! are those of the code that serves the file system.
 //!
-//! Three policies (`docs/cache.md` has the measurements behind the choice):
+//! The policies (`docs/cache.md` has the measurements behind the choice):
 //!
-//! * [`WTinyLfu`], the default: Window TinyLFU, a small LRU window in front
+//! * [`crate::adaptive::Adaptive`], the default: W-TinyLFU and
+//!   [`crate::lirs::Lirs`] kept over one resident set, eviction decided by
+//!   whichever of the two a mini-simulation shows ahead.
+//! * [`WTinyLfu`]: Window TinyLFU, a small LRU window in front
 //!   of a segmented-LRU main area guarded by a frequency sketch, with the
 //!   window sized by mini-simulation. A block seen once (a scan) cannot
 //!   displace a block seen often, so the working set survives
@@ -31,6 +34,7 @@
 //!   ```
 //!
 //!   Scan-resistant and simple, but far behind on loops.
+//! * [`crate::lirs::Lirs`]: LIRS, ranking blocks by reuse distance.
 //!
 //! Every policy keeps two more queues that go before its own choice: blocks
 //! read with the use-once hint, and blocks read ahead but not yet used (the
@@ -78,6 +82,12 @@ pub trait Policy: Send {
     /// Forgets a resident block without counting it as an eviction (a load
     /// that failed).
     fn remove(&mut self, key: u64);
+    /// Another policy sharing this one's resident set evicted `key` (see
+    /// [`crate::adaptive`]): forget it as resident, keeping whatever history
+    /// an eviction of one's own would keep. By default, [`Policy::remove`].
+    fn evicted_elsewhere(&mut self, key: u64) {
+        self.remove(key);
+    }
     /// Chooses a victim among blocks for which `may_evict` is true, forgets
     /// it and returns it; `None` when no resident block may be evicted.
     fn evict(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64>;
@@ -97,15 +107,27 @@ pub enum PolicyKind {
     Lru,
     /// S3-FIFO (SOSP '23): scan-resistant, simple, weaker on loops.
     S3Fifo,
-    /// Window TinyLFU with a hill-climbing window: scan-resistant and the
-    /// default (see [`WTinyLfu`] and `docs/cache.md` for why).
-    #[default]
+    /// Window TinyLFU with a window sized by mini-simulation: scan-resistant
+    /// (see [`WTinyLfu`]).
     WTinyLfu,
+    /// LIRS (SIGMETRICS '02): ranks blocks by reuse distance.
+    Lirs,
+    /// W-TinyLFU and LIRS over one resident set, led by whichever a
+    /// mini-simulation shows ahead: the default (see
+    /// [`crate::adaptive`] and `docs/cache.md` for why).
+    #[default]
+    Adaptive,
 }
 
 impl PolicyKind {
     /// Every policy, the default last.
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::WTinyLfu];
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::Lru,
+        PolicyKind::S3Fifo,
+        PolicyKind::Lirs,
+        PolicyKind::WTinyLfu,
+        PolicyKind::Adaptive,
+    ];
 
     /// A new, empty policy of this kind for `capacity` blocks.
     pub fn build(self, capacity: usize) -> Box<dyn Policy> {
@@ -113,6 +135,8 @@ impl PolicyKind {
             PolicyKind::Lru => Box::new(Lru::new(capacity)),
             PolicyKind::S3Fifo => Box::new(S3Fifo::new(capacity)),
             PolicyKind::WTinyLfu => Box::new(WTinyLfu::new(capacity)),
+            PolicyKind::Lirs => Box::new(crate::lirs::Lirs::new(capacity)),
+            PolicyKind::Adaptive => Box::new(crate::adaptive::Adaptive::new(capacity)),
         }
     }
     /// Short name (`lru`, `s3fifo`, `wtinylfu`).
@@ -121,6 +145,8 @@ impl PolicyKind {
             PolicyKind::Lru => "lru",
             PolicyKind::S3Fifo => "s3fifo",
             PolicyKind::WTinyLfu => "wtinylfu",
+            PolicyKind::Lirs => "lirs",
+            PolicyKind::Adaptive => "adaptive",
         }
     }
 }
@@ -313,7 +339,7 @@ const COLD: u8 = 0;
 /// Prefetched blocks may hold at most this share of the capacity before
 /// the oldest of them are evicted first (the cache never reads ahead more
 /// than a quarter of its capacity at once).
-fn prefetch_reserve(capacity: usize) -> usize {
+pub(crate) fn prefetch_reserve(capacity: usize) -> usize {
     capacity / 4
 }
 

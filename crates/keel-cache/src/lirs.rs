@@ -1,0 +1,595 @@
+//! LIRS: Low Inter-reference Recency Set (Jiang and Zhang, "LIRS: an
+//! efficient low inter-reference recency set replacement policy to improve
+//! buffer cache performance", SIGMETRICS '02).
+//!
+//! LRU ranks a block by how recently it was used. LIRS ranks it by its
+//! *reuse distance* (inter-reference recency, IRR): how many other blocks
+//! were used between its last two uses. Blocks with a short reuse distance
+//! are the LIR set and own almost all of the cache; the rest (HIR) share a
+//! small slice, 1% here, and are what gets evicted:
+//!
+//! ```text
+//!  stack S (recency order, top = newest): LIR blocks, resident HIR blocks,
+//!          and non-resident HIR blocks remembered for their recency
+//!  queue Q: resident HIR blocks, oldest evicted first
+//!
+//!  hit on LIR             ─► to the top of S
+//!  hit on HIR still in S  ─► becomes LIR (its reuse distance beat the
+//!                            oldest LIR block's); that block, at the
+//!                            bottom of S, becomes HIR and joins Q
+//!  hit on HIR not in S    ─► top of S, back of Q: stays HIR
+//!  miss                   ─► as a hit on HIR, but the block is new (or
+//!                            known from S, non-resident)
+//! ```
+//!
+//! The bottom of S is always a LIR block ("stack pruning" removes HIR
+//! entries below the oldest LIR block), so "in S" means "used more recently
+//! than the oldest LIR block". A block seen once stays HIR: a scan passes
+//! through the 1% slice and never touches the LIR set, a loop larger than
+//! the cache keeps a fixed LIR part of itself, and an LRU-friendly workload
+//! promotes its reused blocks quickly.
+//!
+//! Non-resident HIR entries cost memory (a node each); at most
+//! [`NON_RESIDENT_FACTOR`] times the capacity are kept, the oldest dropped
+//! first.
+//!
+//! Like every policy, LIRS keeps used-once and prefetched blocks apart and
+//! gives them up first ([`crate::policy`]).
+
+use crate::policy::{prefetch_reserve, Access, BlockMap, Policy};
+
+const NIL: u32 = u32::MAX;
+
+/// Status of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Lir,
+    /// Resident HIR: in Q.
+    HirResident,
+    /// Remembered for its recency only: in S and in the non-resident list.
+    HirGone,
+    /// Read with the use-once hint, not yet used otherwise.
+    UseOnce,
+    /// Read ahead, not yet used.
+    Prefetched,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    key: u64,
+    /// Links in the stack S (when `in_s`).
+    s_prev: u32,
+    s_next: u32,
+    /// Links in the node's queue: Q for resident HIR blocks, the
+    /// non-resident list for gone ones, the use-once or prefetch list.
+    q_prev: u32,
+    q_next: u32,
+    status: Status,
+    in_s: bool,
+}
+
+/// A doubly-linked list threaded through one pair of node links. `head` is
+/// the newest end.
+#[derive(Clone, Copy, Debug)]
+struct Ends {
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+const EMPTY: Ends = Ends {
+    head: NIL,
+    tail: NIL,
+    len: 0,
+};
+
+/// Non-resident HIR entries kept, as a multiple of the capacity.
+pub const NON_RESIDENT_FACTOR: usize = 2;
+/// The HIR slice: this share of the capacity, in percent (at least one
+/// block, and two once the cache has 10).
+const HIR_PERCENT: usize = 1;
+
+/// Which queue a node's `q` links are threaded on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    Q,
+    Gone,
+    UseOnce,
+    Prefetch,
+}
+
+/// LIRS; see the module documentation.
+pub struct Lirs {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    index: BlockMap<u32>,
+    /// Stack S: head is the top (newest), tail the bottom.
+    s: Ends,
+    /// Queue Q of resident HIR blocks: tail is the front (evicted first).
+    q: Ends,
+    /// Non-resident HIR entries, oldest at the tail.
+    gone: Ends,
+    use_once: Ends,
+    prefetch: Ends,
+    capacity: usize,
+    lir_count: usize,
+    resident: usize,
+}
+
+impl Lirs {
+    pub fn new(capacity: usize) -> Lirs {
+        Lirs {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            index: BlockMap::default(),
+            s: EMPTY,
+            q: EMPTY,
+            gone: EMPTY,
+            use_once: EMPTY,
+            prefetch: EMPTY,
+            capacity: capacity.max(1),
+            lir_count: 0,
+            resident: 0,
+        }
+    }
+
+    /// Most blocks the LIR set may hold.
+    fn lir_target(&self) -> usize {
+        let hir = if self.capacity >= 10 {
+            (self.capacity * HIR_PERCENT / 100).max(2)
+        } else {
+            1
+        };
+        self.capacity.saturating_sub(hir).max(1)
+    }
+
+    fn queue(&mut self, queue: Queue) -> &mut Ends {
+        match queue {
+            Queue::Q => &mut self.q,
+            Queue::Gone => &mut self.gone,
+            Queue::UseOnce => &mut self.use_once,
+            Queue::Prefetch => &mut self.prefetch,
+        }
+    }
+
+    fn queue_of(status: Status) -> Option<Queue> {
+        match status {
+            Status::Lir => None,
+            Status::HirResident => Some(Queue::Q),
+            Status::HirGone => Some(Queue::Gone),
+            Status::UseOnce => Some(Queue::UseOnce),
+            Status::Prefetched => Some(Queue::Prefetch),
+        }
+    }
+
+    // --- stack S ---------------------------------------------------------
+
+    fn s_push_top(&mut self, at: u32) {
+        let head = self.s.head;
+        {
+            let node = &mut self.nodes[at as usize];
+            node.s_prev = NIL;
+            node.s_next = head;
+            node.in_s = true;
+        }
+        if head != NIL {
+            self.nodes[head as usize].s_prev = at;
+        } else {
+            self.s.tail = at;
+        }
+        self.s.head = at;
+        self.s.len += 1;
+    }
+
+    fn s_unlink(&mut self, at: u32) {
+        let Node { s_prev, s_next, .. } = self.nodes[at as usize];
+        if s_prev != NIL {
+            self.nodes[s_prev as usize].s_next = s_next;
+        } else {
+            self.s.head = s_next;
+        }
+        if s_next != NIL {
+            self.nodes[s_next as usize].s_prev = s_prev;
+        } else {
+            self.s.tail = s_prev;
+        }
+        self.nodes[at as usize].in_s = false;
+        self.s.len -= 1;
+    }
+
+    fn s_to_top(&mut self, at: u32) {
+        if self.nodes[at as usize].in_s {
+            self.s_unlink(at);
+        }
+        self.s_push_top(at);
+    }
+
+    // --- the queues ------------------------------------------------------
+
+    fn q_push(&mut self, at: u32, queue: Queue) {
+        let head = self.queue(queue).head;
+        {
+            let node = &mut self.nodes[at as usize];
+            node.q_prev = NIL;
+            node.q_next = head;
+        }
+        if head != NIL {
+            self.nodes[head as usize].q_prev = at;
+        }
+        let ends = self.queue(queue);
+        if head == NIL {
+            ends.tail = at;
+        }
+        ends.head = at;
+        ends.len += 1;
+    }
+
+    fn q_unlink(&mut self, at: u32, queue: Queue) {
+        let Node { q_prev, q_next, .. } = self.nodes[at as usize];
+        if q_prev != NIL {
+            self.nodes[q_prev as usize].q_next = q_next;
+        }
+        if q_next != NIL {
+            self.nodes[q_next as usize].q_prev = q_prev;
+        }
+        let ends = self.queue(queue);
+        if q_prev == NIL {
+            ends.head = q_next;
+        }
+        if q_next == NIL {
+            ends.tail = q_prev;
+        }
+        ends.len -= 1;
+    }
+
+    /// Takes a node off whatever queue its status puts it on.
+    fn leave_queue(&mut self, at: u32) {
+        if let Some(queue) = Self::queue_of(self.nodes[at as usize].status) {
+            self.q_unlink(at, queue);
+        }
+    }
+
+    /// Sets a node's status and puts it at the back of the matching queue.
+    fn set_status(&mut self, at: u32, status: Status) {
+        self.leave_queue(at);
+        let was = self.nodes[at as usize].status;
+        if was == Status::Lir {
+            self.lir_count -= 1;
+        }
+        self.nodes[at as usize].status = status;
+        match Self::queue_of(status) {
+            Some(queue) => self.q_push(at, queue),
+            None => self.lir_count += 1,
+        }
+    }
+
+    // --- nodes -----------------------------------------------------------
+
+    fn new_node(&mut self, key: u64) -> u32 {
+        let node = Node {
+            key,
+            s_prev: NIL,
+            s_next: NIL,
+            q_prev: NIL,
+            q_next: NIL,
+            // Every caller sets the real status next, through `set_status`.
+            status: Status::HirGone,
+            in_s: false,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.nodes[at as usize] = node;
+                at
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, at);
+        // A new node starts as a gone entry, so that `set_status` moves it
+        // like any other node.
+        self.q_push(at, Queue::Gone);
+        at
+    }
+
+    fn drop_node(&mut self, at: u32) {
+        self.leave_queue(at);
+        if self.nodes[at as usize].status == Status::Lir {
+            self.lir_count -= 1;
+        }
+        if self.nodes[at as usize].in_s {
+            self.s_unlink(at);
+        }
+        let key = self.nodes[at as usize].key;
+        self.index.remove(&key);
+        self.free.push(at);
+    }
+
+    /// Removes HIR entries from the bottom of S until a LIR block is there.
+    /// Gone entries pruned from S are forgotten altogether.
+    fn prune(&mut self) {
+        while self.s.tail != NIL {
+            let bottom = self.s.tail;
+            match self.nodes[bottom as usize].status {
+                Status::Lir => break,
+                Status::HirGone => self.drop_node(bottom),
+                _ => self.s_unlink(bottom),
+            }
+        }
+    }
+
+    /// The oldest LIR block (bottom of S) becomes HIR, at the back of Q.
+    fn demote_bottom_lir(&mut self) {
+        let bottom = self.s.tail;
+        if bottom == NIL || self.nodes[bottom as usize].status != Status::Lir {
+            return;
+        }
+        self.s_unlink(bottom);
+        self.set_status(bottom, Status::HirResident);
+        self.prune();
+    }
+
+    fn limit_gone(&mut self) {
+        let limit = NON_RESIDENT_FACTOR * self.capacity;
+        while self.gone.len > limit {
+            let oldest = self.gone.tail;
+            self.drop_node(oldest);
+        }
+    }
+
+    /// A real use of a resident block `at` that is not LIR, or a new block
+    /// (`at` a fresh or gone node): the LIRS rules for an HIR reference.
+    fn reference_hir(&mut self, at: u32) {
+        if self.lir_count < self.lir_target() {
+            // Warming up: the LIR set fills first.
+            self.s_to_top(at);
+            self.set_status(at, Status::Lir);
+            return;
+        }
+        if self.nodes[at as usize].in_s {
+            // Its reuse distance is shorter than the oldest LIR block's.
+            self.s_to_top(at);
+            self.set_status(at, Status::Lir);
+            self.demote_bottom_lir();
+        } else {
+            self.s_to_top(at);
+            self.set_status(at, Status::HirResident);
+        }
+    }
+
+    /// Evicts the oldest evictable block of a queue of resident blocks.
+    fn evict_from(&mut self, queue: Queue, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        let mut budget = self.queue(queue).len;
+        while budget > 0 {
+            budget -= 1;
+            let at = self.queue(queue).tail;
+            if at == NIL {
+                return None;
+            }
+            let key = self.nodes[at as usize].key;
+            if may_evict(key) {
+                self.resident -= 1;
+                if queue == Queue::Q && self.nodes[at as usize].in_s {
+                    // Remembered: a use soon will show a short reuse
+                    // distance.
+                    self.set_status(at, Status::HirGone);
+                    self.limit_gone();
+                } else {
+                    self.drop_node(at);
+                }
+                return Some(key);
+            }
+            // In use: to the back of its queue.
+            self.q_unlink(at, queue);
+            self.q_push(at, queue);
+        }
+        None
+    }
+
+    fn evict_first(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        if let Some(key) = self.evict_from(Queue::UseOnce, may_evict) {
+            return Some(key);
+        }
+        if self.prefetch.len > prefetch_reserve(self.capacity) {
+            return self.evict_from(Queue::Prefetch, may_evict);
+        }
+        None
+    }
+
+    fn resident_node(&self, key: u64) -> Option<u32> {
+        let at = *self.index.get(&key)?;
+        (self.nodes[at as usize].status != Status::HirGone).then_some(at)
+    }
+}
+
+impl Policy for Lirs {
+    fn name(&self) -> &'static str {
+        "lirs"
+    }
+    fn set_capacity(&mut self, blocks: usize) {
+        self.capacity = blocks.max(1);
+        // A smaller LIR target: the oldest LIR blocks become HIR, so that
+        // eviction (which takes HIR blocks) can shrink the cache.
+        while self.lir_count > self.lir_target() {
+            let before = self.lir_count;
+            self.demote_bottom_lir();
+            if self.lir_count == before {
+                break;
+            }
+        }
+        self.limit_gone();
+    }
+    fn len(&self) -> usize {
+        self.resident
+    }
+    fn contains(&self, key: u64) -> bool {
+        self.resident_node(key).is_some()
+    }
+    fn touch(&mut self, key: u64, access: Access) {
+        let Some(at) = self.resident_node(key) else {
+            return;
+        };
+        let status = self.nodes[at as usize].status;
+        match access {
+            Access::Normal => match status {
+                Status::Lir => {
+                    let was_bottom = self.s.tail == at;
+                    self.s_to_top(at);
+                    if was_bottom {
+                        self.prune();
+                    }
+                }
+                Status::HirResident => self.reference_hir(at),
+                // The first real use of a prefetched or used-once block is
+                // its first reference.
+                Status::UseOnce | Status::Prefetched => self.reference_hir(at),
+                Status::HirGone => {}
+            },
+            Access::UseOnce => {
+                if status == Status::Prefetched {
+                    self.set_status(at, Status::UseOnce);
+                }
+            }
+            Access::Prefetch => {}
+        }
+    }
+    fn insert(&mut self, key: u64, access: Access) {
+        let at = match self.index.get(&key) {
+            Some(&at) => {
+                assert!(
+                    self.nodes[at as usize].status == Status::HirGone,
+                    "block {key} inserted twice"
+                );
+                at
+            }
+            None => self.new_node(key),
+        };
+        self.resident += 1;
+        match access {
+            Access::Normal => self.reference_hir(at),
+            Access::UseOnce => self.set_status(at, Status::UseOnce),
+            Access::Prefetch => self.set_status(at, Status::Prefetched),
+        }
+        // A remembered block that comes back as a guess or a use-once read
+        // keeps its place in S; a new one is not in S at all.
+        if access != Access::Normal && self.nodes[at as usize].in_s {
+            self.s_unlink(at);
+            self.prune();
+        }
+    }
+    fn remove(&mut self, key: u64) {
+        if let Some(at) = self.resident_node(key) {
+            self.resident -= 1;
+            self.drop_node(at);
+            self.prune();
+        }
+    }
+    fn evicted_elsewhere(&mut self, key: u64) {
+        let Some(at) = self.resident_node(key) else {
+            return;
+        };
+        self.resident -= 1;
+        let node = self.nodes[at as usize];
+        if node.in_s && matches!(node.status, Status::Lir | Status::HirResident) {
+            // Gone, but its recency is remembered as if LIRS had evicted it.
+            let was_bottom = self.s.tail == at;
+            self.set_status(at, Status::HirGone);
+            self.limit_gone();
+            if was_bottom {
+                self.prune();
+            }
+        } else {
+            self.drop_node(at);
+            self.prune();
+        }
+    }
+    fn evict(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        if let Some(key) = self.evict_first(may_evict) {
+            return Some(key);
+        }
+        if let Some(key) = self.evict_from(Queue::Q, may_evict) {
+            return Some(key);
+        }
+        // No evictable HIR block: the oldest LIR blocks become HIR, one at
+        // a time, until one of them can go.
+        let mut budget = self.lir_count;
+        while budget > 0 {
+            budget -= 1;
+            let before = self.q.len;
+            self.demote_bottom_lir();
+            if self.q.len == before {
+                break;
+            }
+            if let Some(key) = self.evict_from(Queue::Q, may_evict) {
+                return Some(key);
+            }
+        }
+        self.evict_from(Queue::Prefetch, may_evict)
+    }
+    fn evict_for_prefetch(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        // A guess may take the room of used-once, stale prefetched and HIR
+        // blocks (scan blocks are HIR), never of the LIR set.
+        if let Some(key) = self.evict_first(may_evict) {
+            return Some(key);
+        }
+        self.evict_from(Queue::Q, may_evict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit_ratio(policy: &mut dyn Policy, capacity: usize, trace: &[u64]) -> f64 {
+        let mut hits = 0;
+        for &key in trace {
+            if policy.contains(key) {
+                hits += 1;
+                policy.touch(key, Access::Normal);
+            } else {
+                policy.insert(key, Access::Normal);
+                while policy.len() > capacity {
+                    policy.evict(&mut |_| true).expect("a victim");
+                }
+            }
+        }
+        hits as f64 / trace.len() as f64
+    }
+
+    #[test]
+    fn a_loop_larger_than_the_cache_keeps_a_fixed_part() {
+        // 150 blocks in a loop through 100: LRU gets nothing; LIRS keeps
+        // its LIR blocks and hits on them every round.
+        let trace: Vec<u64> = (0..40).flat_map(|_| 0..150u64).collect();
+        let ratio = hit_ratio(&mut Lirs::new(100), 100, &trace);
+        assert!(ratio > 0.6, "{ratio}");
+    }
+
+    #[test]
+    fn a_scan_passes_through_the_hir_slice() {
+        let mut trace: Vec<u64> = (0..30).flat_map(|_| 0..90u64).collect();
+        trace.extend(1_000..2_000);
+        let mut lirs = Lirs::new(100);
+        hit_ratio(&mut lirs, 100, &trace);
+        let kept = (0..90).filter(|key| lirs.contains(*key)).count();
+        assert!(kept >= 85, "kept {kept} of 90 hot blocks");
+    }
+
+    #[test]
+    fn an_eviction_decided_elsewhere_is_remembered() {
+        let mut lirs = Lirs::new(10);
+        for key in 0..10 {
+            lirs.insert(key, Access::Normal);
+        }
+        lirs.insert(10, Access::Normal);
+        // Another policy chose block 10 (a resident HIR block in S).
+        lirs.evicted_elsewhere(10);
+        assert!(!lirs.contains(10));
+        assert_eq!(lirs.len(), 10);
+        // It comes back with a short reuse distance: LIR at once.
+        lirs.insert(10, Access::Normal);
+        let at = lirs.resident_node(10).unwrap();
+        assert_eq!(lirs.nodes[at as usize].status, Status::Lir);
+    }
+}
