@@ -1,78 +1,108 @@
-//! The default policy: W-TinyLFU and LIRS over one resident set, with
+//! The default policy: W-TinyLFU, LIRS and LRU over one resident set, with
 //! eviction decided by whichever of them a mini-simulation shows ahead.
 //!
-//! The two are complementary on the benchmark traces (`docs/cache.md`):
-//! W-TinyLFU, with its adaptive window, is best on skewed popularity (zipf)
-//! and on recency-friendly traces (`sprite`, `zigzag`, where LIRS collapses
-//! because every block's reuse distance grows with each sweep); LIRS, which
+//! It has the best hit ratios of keel's policies on the benchmark traces
+//! (90–91 of 96 points within a point of the best peer, against 84–85 for
+//! W-TinyLFU alone). The price is CPU: every access updates three
+//! policies' metadata, about twice W-TinyLFU's cost per hit (0.36 µs
+//! against 0.18 µs on a 64 MiB cache). Sharing one index between the
+//! members (one hash lookup per access instead of three) is the next step.
+//!
+//! No single policy is within a point of the best on every benchmark trace
+//! (`docs/cache.md`). W-TinyLFU, with its adaptive window, is best on skewed
+//! popularity (zipf) and keeps a working set through scans; LIRS, which
 //! ranks blocks by reuse distance, is best on the mixed looping traces
-//! (`cpp`, `multi*`, `ps`, `scan`), where TinyLFU's frequency estimate
-//! cannot tell which part of a loop to keep.
+//! (`cpp`, `multi*`, `ps`), where TinyLFU's frequency estimate cannot tell
+//! which part of a loop to keep; LRU is best on the recency-friendly traces
+//! (`sprite`, `zigzag`), where LIRS collapses because every block's reuse
+//! distance grows with each sweep.
 //!
 //! ```text
-//!   every access ──► W-TinyLFU (full metadata)  ──┐ the leader picks the
-//!                └─► LIRS      (full metadata)  ──┤ victim; the other is
-//!                                                 │ told (evicted_elsewhere)
-//!   sampled accesses ──► shadow W-TinyLFU ─ hits ─┤
-//!                   └──► shadow LIRS      ─ hits ─┘ every period the leader
-//!                                                   is the shadow that hit more
+//!   every access ──► W-TinyLFU ─┐ full metadata for the same resident
+//!                ├─► LIRS      ─┤ blocks; the leader picks each victim,
+//!                └─► LRU       ─┘ the others are told (evicted_elsewhere)
+//!   sampled accesses ──► a small shadow copy of each ── hits ──► every
+//!        check, the leader becomes the shadow with the most (decayed) hits,
+//!        if it beat the leader's shadow by 3%
 //! ```
 //!
-//! Both policies see every access and keep their metadata for the same
-//! resident blocks, so a change of leader costs nothing: the new leader's
-//! view is warm. The shadows are small copies of the two policies (at most
-//! [`SHADOW_BLOCKS`] blocks each) fed a spatial sample of the blocks
-//! (SHARDS, Waldspurger et al., FAST '15), as W-TinyLFU sizes its window.
+//! Every member sees every access and keeps metadata for the same resident
+//! blocks, so a change of leader needs no rebuild. It is not free, though:
+//! a follower's queues were shaped by the leader's evictions, so a new
+//! leader does worse than it would have on its own for a while. Hence the
+//! margin, and hence W-TinyLFU leads from the start: starting from LRU (and
+//! filling the cache by recency alone) cost up to 21 points on some traces.
+//!
+//! The shadows hold at most [`SHADOW_BLOCKS`] blocks each and are fed a
+//! spatial sample of the blocks (SHARDS, Waldspurger et al., FAST '15), as
+//! W-TinyLFU sizes its window.
+//!
+//! **Scans.** A one-time scan cannot displace the working set while
+//! W-TinyLFU or LIRS leads. After a long recency-friendly phase LRU may
+//! lead, and a scan arriving then costs the cache until the shadows move
+//! the lead back (about one check, [`CHECK_BLOCKS_FACTOR`]); W-TinyLFU alone
+//! has the same exposure once its window has grown to the whole cache. A
+//! reader that knows it scans should say so with the use-once hint.
 
 use crate::lirs::Lirs;
-use crate::policy::{Access, Policy, WTinyLfu};
+use crate::policy::{Access, Guesses, Lru, Policy, WTinyLfu};
 
 /// Blocks simulated by each shadow at most.
 const SHADOW_BLOCKS: usize = 128;
-/// The shadows are compared every this many sampled accesses per
-/// simulated block.
-const PERIOD_FACTOR: usize = 2;
-/// Weight of the past in the shadows' hit counts, per period.
+/// The leader is reconsidered every this many sampled accesses per 4
+/// simulated blocks (with at least 64 blocks counted).
+const CHECK_BLOCKS_FACTOR: usize = 2;
+/// Weight of the past in the shadows' hit counts, per 4 checks.
 const DECAY: f64 = 0.9;
-/// The follower takes the lead when its shadow hit this much more than the
-/// leader's (and at least one hit more).
+/// A shadow takes the lead when it hit this much more than the leader's
+/// (and at least one hit more). 3% beat 0%, 5% and 10% on the benchmark
+/// traces.
 const SWITCH_MARGIN: f64 = 0.03;
 
+/// The members, in the order of [`members`].
+const MEMBERS: usize = 3;
 const TINYLFU: usize = 0;
+
+fn members(capacity: usize) -> [Box<dyn Policy>; MEMBERS] {
+    [
+        Box::new(WTinyLfu::new(capacity)),
+        Box::new(Lirs::new(capacity)),
+        Box::new(Lru::new(capacity)),
+    ]
+}
 
 /// See the module documentation.
 pub struct Adaptive {
-    members: [Box<dyn Policy>; 2],
-    shadows: [Box<dyn Policy>; 2],
+    /// Used-once and prefetched blocks, kept here once rather than in every
+    /// member; a block joins the members at its first real use.
+    guesses: Guesses,
+    members: [Box<dyn Policy>; MEMBERS],
+    shadows: [Box<dyn Policy>; MEMBERS],
     shadow_capacity: usize,
-    hits: [f64; 2],
+    hits: [f64; MEMBERS],
     leader: usize,
     capacity: usize,
     sample_threshold: u64,
     sampled_accesses: usize,
-    period: usize,
-}
-
-fn members(capacity: usize) -> [Box<dyn Policy>; 2] {
-    [
-        Box::new(WTinyLfu::new(capacity)),
-        Box::new(Lirs::new(capacity)),
-    ]
+    check_every: usize,
+    decay_per_check: f64,
 }
 
 impl Adaptive {
     pub fn new(capacity: usize) -> Adaptive {
         let capacity = capacity.max(1);
         let mut adaptive = Adaptive {
+            guesses: Guesses::new(),
             members: members(capacity),
             shadows: members(1),
             shadow_capacity: 1,
-            hits: [0.0; 2],
+            hits: [0.0; MEMBERS],
             leader: TINYLFU,
             capacity,
             sample_threshold: 0,
             sampled_accesses: 0,
-            period: 1,
+            check_every: 1,
+            decay_per_check: DECAY,
         };
         adaptive.build_shadows();
         adaptive
@@ -84,9 +114,12 @@ impl Adaptive {
         self.shadows = members(shadow_capacity);
         self.sample_threshold =
             ((shadow_capacity as u128) << 32).div_ceil(self.capacity as u128) as u64;
-        self.period = PERIOD_FACTOR * shadow_capacity.max(64);
+        // Checks four times as often as the decay period: the lead moves as
+        // soon as the evidence is in, with the same memory.
+        self.check_every = (CHECK_BLOCKS_FACTOR * shadow_capacity.max(64) / 4).max(1);
+        self.decay_per_check = DECAY.powf(0.25);
         self.sampled_accesses = 0;
-        self.hits = [0.0; 2];
+        self.hits = [0.0; MEMBERS];
     }
 
     fn sampled(&self, key: u64) -> bool {
@@ -95,7 +128,8 @@ impl Adaptive {
         (z & 0xFFFF_FFFF) < self.sample_threshold
     }
 
-    /// Which member decides evictions now: `"wtinylfu"` or `"lirs"`.
+    /// Which member decides evictions now: `"wtinylfu"`, `"lirs"` or
+    /// `"lru"`.
     pub fn leader(&self) -> &'static str {
         self.members[self.leader].name()
     }
@@ -118,25 +152,30 @@ impl Adaptive {
             }
         }
         self.sampled_accesses += 1;
-        if self.sampled_accesses >= self.period {
+        if self.sampled_accesses >= self.check_every {
             self.sampled_accesses = 0;
-            let other = 1 - self.leader;
-            // The lead changes only on clear evidence: the follower's
-            // metadata was shaped by the leader's evictions, so a change
-            // costs hits while it settles (3% beat 0%, 5% and 10% on the
-            // benchmark traces).
-            if self.hits[other] > self.hits[self.leader] * (1.0 + SWITCH_MARGIN) + 1.0 {
-                self.leader = other;
+            let mut best = self.leader;
+            for (index, hits) in self.hits.iter().enumerate() {
+                if *hits > self.hits[best] {
+                    best = index;
+                }
+            }
+            if self.hits[best] > self.hits[self.leader] * (1.0 + SWITCH_MARGIN) + 1.0 {
+                self.leader = best;
             }
             for hits in self.hits.iter_mut() {
-                *hits *= DECAY;
+                *hits *= self.decay_per_check;
             }
         }
     }
 
     fn evicted(&mut self, victim: Option<u64>) -> Option<u64> {
         let key = victim?;
-        self.members[1 - self.leader].evicted_elsewhere(key);
+        for (index, member) in self.members.iter_mut().enumerate() {
+            if index != self.leader {
+                member.evicted_elsewhere(key);
+            }
+        }
         Some(key)
     }
 }
@@ -157,12 +196,24 @@ impl Policy for Adaptive {
         self.build_shadows();
     }
     fn len(&self) -> usize {
-        self.members[self.leader].len()
+        self.guesses.len() + self.members[self.leader].len()
     }
     fn contains(&self, key: u64) -> bool {
-        self.members[self.leader].contains(key)
+        self.guesses.contains(key) || self.members[self.leader].contains(key)
     }
     fn touch(&mut self, key: u64, access: Access) {
+        if self.guesses.contains(key) {
+            match access {
+                // The first real use of a guess is its first access.
+                Access::Normal => {
+                    self.guesses.take(key);
+                    self.insert(key, Access::Normal);
+                }
+                Access::UseOnce => self.guesses.used_once(key),
+                Access::Prefetch => {}
+            }
+            return;
+        }
         for member in self.members.iter_mut() {
             member.touch(key, access);
         }
@@ -171,28 +222,45 @@ impl Policy for Adaptive {
         }
     }
     fn insert(&mut self, key: u64, access: Access) {
+        if access != Access::Normal {
+            self.guesses.insert(key, access);
+            return;
+        }
         for member in self.members.iter_mut() {
             member.insert(key, access);
         }
-        if access == Access::Normal {
-            self.simulate(key);
-        }
+        self.simulate(key);
     }
     fn remove(&mut self, key: u64) {
+        if self.guesses.take(key) {
+            return;
+        }
         for member in self.members.iter_mut() {
             member.remove(key);
         }
     }
     fn evicted_elsewhere(&mut self, key: u64) {
+        if self.guesses.take(key) {
+            return;
+        }
         for member in self.members.iter_mut() {
             member.evicted_elsewhere(key);
         }
     }
     fn evict(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        if let Some(key) = self.guesses.evict_first(self.capacity, may_evict) {
+            return Some(key);
+        }
         let victim = self.members[self.leader].evict(may_evict);
-        self.evicted(victim)
+        if victim.is_some() {
+            return self.evicted(victim);
+        }
+        self.guesses.evict_any(may_evict)
     }
     fn evict_for_prefetch(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        if let Some(key) = self.guesses.evict_first(self.capacity, may_evict) {
+            return Some(key);
+        }
         let victim = self.members[self.leader].evict_for_prefetch(may_evict);
         self.evicted(victim)
     }
@@ -262,14 +330,15 @@ mod tests {
     }
 
     #[test]
-    fn follows_wtinylfu_where_lirs_collapses() {
+    fn leaves_lirs_where_it_collapses() {
         let trace = sweeps();
         let lirs = hit_ratio(&mut Lirs::new(1_000), 1_000, &trace);
         let mut adaptive = Adaptive::new(1_000);
         let ratio = hit_ratio(&mut adaptive, 1_000, &trace);
         assert!(lirs < 0.05, "lirs {lirs}");
-        assert_eq!(adaptive.leader(), "wtinylfu");
-        assert!(ratio > 0.3, "adaptive {ratio}");
+        // LRU or W-TinyLFU with a whole-cache window: recency, either way.
+        assert_ne!(adaptive.leader(), "lirs");
+        assert!(ratio > 0.4, "adaptive {ratio}");
     }
 
     #[test]
@@ -308,15 +377,18 @@ mod tests {
                     }
                 }
             }
-            let [a, b] = &adaptive.members;
-            assert_eq!(a.len(), b.len(), "seed {seed} step {step}");
-            if step % 1_000 == 0 {
-                for k in 0..400 {
-                    assert_eq!(
-                        a.contains(k),
-                        b.contains(k),
-                        "seed {seed} step {step} key {k}"
-                    );
+            let [first, rest @ ..] = &adaptive.members;
+            for other in rest {
+                let name = other.name();
+                assert_eq!(first.len(), other.len(), "seed {seed} step {step}: {name}");
+                if step % 1_000 == 0 {
+                    for k in 0..400 {
+                        assert_eq!(
+                            first.contains(k),
+                            other.contains(k),
+                            "seed {seed} step {step} key {k}: {name}"
+                        );
+                    }
                 }
             }
         }

@@ -759,6 +759,8 @@ pub struct ReadAheadBenchOptions {
     /// median run is reported (the machine is shared, so single runs are
     /// noisy).
     pub repeats: usize,
+    /// The cache's replacement policy.
+    pub policy: PolicyKind,
 }
 
 impl Default for ReadAheadBenchOptions {
@@ -771,6 +773,7 @@ impl Default for ReadAheadBenchOptions {
             direct_read_bytes: 1 << 20,
             max_window_blocks: 256,
             repeats: 3,
+            policy: PolicyKind::default(),
         }
     }
 }
@@ -879,6 +882,7 @@ pub fn run_readahead_bench(
                     disk,
                     CacheConfig {
                         capacity_bytes: options.cache_bytes,
+                        policy: options.policy,
                         background_flusher: false,
                         read_ahead: ReadAheadConfig {
                             enabled: read_ahead,
@@ -952,6 +956,8 @@ pub struct HitBenchOptions {
     pub ops_per_thread: usize,
     /// Thread counts to run.
     pub threads: Vec<usize>,
+    /// keel's replacement policy.
+    pub policy: PolicyKind,
 }
 
 impl Default for HitBenchOptions {
@@ -961,6 +967,7 @@ impl Default for HitBenchOptions {
             block_size: keel_disk::DEFAULT_BLOCK_SIZE,
             ops_per_thread: 2_000_000,
             threads: vec![1, 2],
+            policy: PolicyKind::default(),
         }
     }
 }
@@ -1011,6 +1018,7 @@ pub fn run_hit_throughput_bench(
         disk,
         CacheConfig {
             capacity_bytes: options.blocks * block_size as u64,
+            policy: options.policy,
             background_flusher: false,
             read_ahead: ReadAheadConfig {
                 enabled: false,
@@ -1025,6 +1033,7 @@ pub fn run_hit_throughput_bench(
         Arc::new(MemDisk::new(block_size, options.blocks)),
         CacheConfig {
             capacity_bytes: options.blocks * block_size as u64,
+            policy: options.policy,
             background_flusher: false,
             ..CacheConfig::default()
         },

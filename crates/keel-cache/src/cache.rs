@@ -38,7 +38,8 @@ use crate::policy::{Access, BlockHasher, BlockMap, Policy, PolicyKind};
 use crate::readahead::{ReadAhead, ReadAheadConfig};
 
 /// How the cache is built. [`CacheConfig::default`] gives 64 MiB, the
-/// adaptive W-TinyLFU/LIRS policy, read-ahead on, a flusher every 30 s.
+/// adaptive policy (W-TinyLFU, LIRS and LRU), read-ahead on, a flusher
+/// every 30 s.
 #[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// Memory for cached blocks, in bytes (rounded down to whole blocks, at

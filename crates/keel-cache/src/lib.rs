@@ -8,10 +8,10 @@
 //! is where the lecture's buffer-cache mechanisms live:
 //!
 //! * **Replacement** ([`policy`]): LRU as in the lecture; the scan-resistant
-//!   default ([`adaptive`]) keeps W-TinyLFU (with an adaptive window) and
-//!   LIRS ([`lirs`]) over one resident set and lets whichever a
-//!   mini-simulation shows ahead choose the victims (S3-FIFO, W-TinyLFU and
-//!   LIRS are available alone too); a use-once hint ([`ReadHint::UseOnce`]).
+//!   default ([`adaptive`]) keeps W-TinyLFU (with an adaptive window), LIRS
+//!   ([`lirs`]) and LRU over one resident set and lets whichever a
+//!   mini-simulation shows ahead choose the victims (each is available
+//!   alone, and S3-FIFO); a use-once hint ([`ReadHint::UseOnce`]).
 //! * **Dynamic size**: [`Cache::resize`] grows or shrinks the cache while it
 //!   runs (shrinking writes dirty blocks home before evicting them).
 //! * **Read-ahead** ([`readahead`]): per-stream sequential detection, an

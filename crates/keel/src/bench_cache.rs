@@ -11,6 +11,7 @@ use keel_cache::bench::{
     check_targets, default_traces_dir, run_hit_throughput_bench, run_readahead_bench,
     run_trace_bench, write_plots, HitBenchOptions, ReadAheadBenchOptions, TraceBenchOptions,
 };
+use keel_cache::PolicyKind;
 
 #[derive(Args)]
 pub struct CacheBenchArgs {
@@ -44,6 +45,10 @@ pub struct CacheBenchArgs {
     /// so two cores mostly trade cache lines) and 262144 (1 GiB).
     #[arg(long, value_delimiter = ',', default_values_t = [16_384u64, 262_144])]
     pub hit_blocks: Vec<u64>,
+    /// keel's replacement policy for the read-ahead and hit-throughput
+    /// benchmarks (the trace benchmark runs every policy).
+    #[arg(long, value_enum, default_value_t = CachePolicy::default())]
+    pub policy: CachePolicy,
     /// Directory for the read-ahead benchmark's image (default: a temporary
     /// directory under the current one).
     #[arg(long)]
@@ -145,6 +150,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         let (dir, _temp) = crate::util::bench_dir(args.dir.as_deref(), "keel-bench-cache")?;
         let options = ReadAheadBenchOptions {
             dir,
+            policy: args.policy.kind(),
             ..ReadAheadBenchOptions::default()
         };
         for result in
@@ -164,6 +170,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         for &blocks in &args.hit_blocks {
             let options = HitBenchOptions {
                 blocks,
+                policy: args.policy.kind(),
                 ..HitBenchOptions::default()
             };
             let results = run_hit_throughput_bench(&options, &mut progress)
@@ -203,4 +210,39 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// keel's replacement policies, as named on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CachePolicy {
+    Lru,
+    S3fifo,
+    Wtinylfu,
+    Lirs,
+    Adaptive,
+}
+
+impl Default for CachePolicy {
+    /// The library's default policy.
+    fn default() -> Self {
+        match PolicyKind::default() {
+            PolicyKind::Lru => CachePolicy::Lru,
+            PolicyKind::S3Fifo => CachePolicy::S3fifo,
+            PolicyKind::WTinyLfu => CachePolicy::Wtinylfu,
+            PolicyKind::Lirs => CachePolicy::Lirs,
+            PolicyKind::Adaptive => CachePolicy::Adaptive,
+        }
+    }
+}
+
+impl CachePolicy {
+    fn kind(self) -> PolicyKind {
+        match self {
+            CachePolicy::Lru => PolicyKind::Lru,
+            CachePolicy::S3fifo => PolicyKind::S3Fifo,
+            CachePolicy::Wtinylfu => PolicyKind::WTinyLfu,
+            CachePolicy::Lirs => PolicyKind::Lirs,
+            CachePolicy::Adaptive => PolicyKind::Adaptive,
+        }
+    }
 }
