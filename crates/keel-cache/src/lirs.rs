@@ -542,19 +542,7 @@ mod tests {
     use super::*;
 
     fn hit_ratio(policy: &mut dyn Policy, capacity: usize, trace: &[u64]) -> f64 {
-        let mut hits = 0;
-        for &key in trace {
-            if policy.contains(key) {
-                hits += 1;
-                policy.touch(key, Access::Normal);
-            } else {
-                policy.insert(key, Access::Normal);
-                while policy.len() > capacity {
-                    policy.evict(&mut |_| true).expect("a victim");
-                }
-            }
-        }
-        hits as f64 / trace.len() as f64
+        crate::policy::simulate(policy, capacity, trace) as f64 / trace.len() as f64
     }
 
     #[test]

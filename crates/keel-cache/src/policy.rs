@@ -1304,26 +1304,28 @@ impl ArcReference {
     }
 }
 
+/// Runs a trace through a policy with no pinning and returns the hits
+/// (for the policies' unit tests).
+#[cfg(test)]
+pub(crate) fn simulate(policy: &mut dyn Policy, capacity: usize, trace: &[u64]) -> usize {
+    let mut hits = 0;
+    for &key in trace {
+        if policy.contains(key) {
+            hits += 1;
+            policy.touch(key, Access::Normal);
+        } else {
+            policy.insert(key, Access::Normal);
+            while policy.len() > capacity {
+                policy.evict(&mut |_| true).expect("a victim");
+            }
+        }
+    }
+    hits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Runs a trace through a policy with no pinning and returns the hits.
-    fn simulate(policy: &mut dyn Policy, capacity: usize, trace: &[u64]) -> usize {
-        let mut hits = 0;
-        for &key in trace {
-            if policy.contains(key) {
-                hits += 1;
-                policy.touch(key, Access::Normal);
-            } else {
-                policy.insert(key, Access::Normal);
-                while policy.len() > capacity {
-                    policy.evict(&mut |_| true).expect("a victim");
-                }
-            }
-        }
-        hits
-    }
 
     #[test]
     fn lru_evicts_least_recently_used() {
