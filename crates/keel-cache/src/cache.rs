@@ -531,10 +531,14 @@ impl Cache {
     }
 
     fn shard(&self, block: u64) -> &Shard {
+        &self.shards[self.shard_index(block)]
+    }
+
+    fn shard_index(&self, block: u64) -> usize {
         use std::hash::Hasher;
         let mut hasher = BlockHasher::default();
         hasher.write_u64(block);
-        &self.shards[(hasher.finish() % self.shards.len() as u64) as usize]
+        (hasher.finish() % self.shards.len() as u64) as usize
     }
 
     fn check_block(&self, block: u64) -> Result<()> {
@@ -681,6 +685,23 @@ impl Cache {
             .lock()
             .pop()
             .unwrap_or_else(|| vec![0u8; self.block_size].into_boxed_slice())
+    }
+
+    /// Up to `count` recycled buffers, taken under one lock.
+    fn take_buffers(&self, count: usize) -> Vec<Box<[u8]>> {
+        let mut free = self.free_buffers.lock();
+        let keep = free.len().saturating_sub(count);
+        free.split_off(keep)
+    }
+
+    /// Gives unused buffers back for reuse.
+    fn return_buffers(&self, buffers: Vec<Box<[u8]>>) {
+        if buffers.is_empty() {
+            return;
+        }
+        let mut free = self.free_buffers.lock();
+        let room = FREE_BUFFERS_MAX.saturating_sub(free.len());
+        free.extend(buffers.into_iter().take(room));
     }
 
     /// Frees evicted frames outside the shard lock, keeping their buffers
@@ -1154,81 +1175,120 @@ impl Cache {
     /// device read.
     fn prefetch(&self, start: u64, count: usize, buffer: &mut Vec<u8>) {
         let end = (start + count as u64).min(self.block_count);
-        let mut block = start;
-        let mut stop = false;
-        while block < end && !stop {
-            // Claim a stretch of missing blocks.
-            let mut claimed = Vec::new();
-            // Evicted frames are freed once per stretch, not once per block.
-            let mut evicted = Vec::new();
-            while block < end && claimed.len() < self.config.read_ahead.max_window_blocks.max(1) {
-                let shard = self.shard(block);
-                let mut inner = shard.inner.lock();
+        let max = self.config.read_ahead.max_window_blocks.max(1);
+        let mut window_start = start;
+        while window_start < end {
+            let window_end = (window_start + max as u64).min(end);
+            let (mut slots, room) = self.claim_window(window_start, window_end);
+            // Read each run of claimed blocks with one device read.
+            let mut index = 0;
+            while index < slots.len() {
+                if slots[index].is_none() {
+                    index += 1;
+                    continue;
+                }
+                let run_start = index;
+                while index < slots.len() && slots[index].is_some() {
+                    index += 1;
+                }
+                let mut run: Vec<FrameWriteLock> = slots[run_start..index]
+                    .iter_mut()
+                    .filter_map(Option::take)
+                    .collect();
+                self.fill_prefetched(window_start + run_start as u64, &mut run, buffer);
+            }
+            if !room {
+                // No room for guesses: the reader's own misses bring the
+                // rest in.
+                return;
+            }
+            window_start = window_end;
+        }
+    }
+
+    /// Claims the missing blocks of `[start, end)` as loading, prefetched
+    /// frames, taking each shard's lock once. Returns a slot per block (the
+    /// frame's write lock, or `None` when the block was resident) and false
+    /// when a shard had no room for a guess (read-ahead then stops).
+    fn claim_window(&self, start: u64, end: u64) -> (Vec<Option<FrameWriteLock>>, bool) {
+        let count = (end - start) as usize;
+        let mut slots: Vec<Option<FrameWriteLock>> = (0..count).map(|_| None).collect();
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for offset in 0..count {
+            by_shard[self.shard_index(start + offset as u64)].push(offset);
+        }
+        let mut buffers = self.take_buffers(count);
+        let mut evicted = Vec::new();
+        let mut room = true;
+        for (shard, offsets) in self.shards.iter().zip(&by_shard) {
+            if offsets.is_empty() {
+                continue;
+            }
+            let mut inner = shard.inner.lock();
+            for &offset in offsets {
+                let block = start + offset as u64;
                 if inner.map.contains_key(&block) {
-                    drop(inner);
-                    if claimed.is_empty() {
-                        block += 1;
-                        continue;
-                    }
-                    break;
+                    continue;
                 }
                 // Room for a guess is made only from blocks the policy
-                // would give up for one (never the working set); when there
-                // are none, read-ahead stops here and the reader's own
-                // misses bring the blocks in.
+                // would give up for one (never the working set).
                 let limit = inner.capacity.saturating_sub(1);
                 if !Self::evict_down_to(&mut inner, limit, true, &mut evicted) {
-                    drop(inner);
-                    stop = true;
+                    room = false;
                     break;
                 }
-                let frame = Frame::new(self.new_buffer(), LOADING, true);
+                let bytes = buffers.pop().unwrap_or_else(|| self.new_buffer());
+                let frame = Frame::new(bytes, LOADING, true);
+                // A fresh lock: taking it cannot wait.
                 let lock = FrameWriteLock::lock(frame.clone());
                 inner.map.insert(block, frame);
                 inner.policy.insert(block, Access::Prefetch);
-                drop(inner);
-                claimed.push(lock);
-                block += 1;
+                slots[offset] = Some(lock);
             }
-            self.recycle(evicted);
-            if claimed.is_empty() {
-                continue;
+            drop(inner);
+            if !room {
+                break;
             }
-            let first = block - claimed.len() as u64;
-            // The worker's buffer is reused across requests (no allocation
-            // or zeroing of a megabyte per read) and page-aligned, so an
-            // O_DIRECT device reads straight into it without a bounce buffer.
-            let bytes = claimed.len() * self.block_size;
-            if buffer.len() < bytes + PAGE {
-                buffer.resize(bytes + PAGE, 0);
-            }
-            let offset = buffer.as_ptr().align_offset(PAGE).min(PAGE);
-            let buffer = &mut buffer[offset..offset + bytes];
-            self.counters.read_ios.fetch_add(1, Ordering::Relaxed);
-            match self.device.read_blocks(first, buffer) {
-                Ok(()) => {
-                    self.counters
-                        .prefetched
-                        .fetch_add(claimed.len() as u64, Ordering::Relaxed);
-                    for (lock, bytes) in
-                        claimed.iter_mut().zip(buffer.chunks_exact(self.block_size))
-                    {
-                        lock.bytes().copy_from_slice(bytes);
-                        lock.frame.state.store(READY, Ordering::Release);
-                    }
-                    // Released together, after all are filled: a reader
-                    // waiting on the first block then finds the rest ready
-                    // instead of sleeping and waking once per block.
-                    drop(claimed);
+        }
+        self.return_buffers(buffers);
+        self.recycle(evicted);
+        (slots, room)
+    }
+
+    /// Reads consecutive claimed blocks starting at `first` with one device
+    /// read and hands them to their readers.
+    fn fill_prefetched(&self, first: u64, claimed: &mut Vec<FrameWriteLock>, buffer: &mut Vec<u8>) {
+        // The worker's buffer is reused across requests (no allocation
+        // or zeroing of a megabyte per read) and page-aligned, so an
+        // O_DIRECT device reads straight into it without a bounce buffer.
+        let bytes = claimed.len() * self.block_size;
+        if buffer.len() < bytes + PAGE {
+            buffer.resize(bytes + PAGE, 0);
+        }
+        let offset = buffer.as_ptr().align_offset(PAGE).min(PAGE);
+        let buffer = &mut buffer[offset..offset + bytes];
+        self.counters.read_ios.fetch_add(1, Ordering::Relaxed);
+        match self.device.read_blocks(first, buffer) {
+            Ok(()) => {
+                self.counters
+                    .prefetched
+                    .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+                for (lock, bytes) in claimed.iter_mut().zip(buffer.chunks_exact(self.block_size)) {
+                    lock.bytes().copy_from_slice(bytes);
+                    lock.frame.state.store(READY, Ordering::Release);
                 }
-                Err(_) => {
-                    // Read-ahead is only a guess: a failed prefetch is
-                    // forgotten, and a real read of the block reports the
-                    // error itself.
-                    for (offset, lock) in claimed.into_iter().enumerate() {
-                        self.abandon_load(first + offset as u64, &lock.frame);
-                        drop(lock);
-                    }
+                // Released together, after all are filled: a reader
+                // waiting on the first block then finds the rest ready
+                // instead of sleeping and waking once per block.
+                claimed.clear();
+            }
+            Err(_) => {
+                // Read-ahead is only a guess: a failed prefetch is
+                // forgotten, and a real read of the block reports the
+                // error itself.
+                for (offset, lock) in claimed.drain(..).enumerate() {
+                    self.abandon_load(first + offset as u64, &lock.frame);
+                    drop(lock);
                 }
             }
         }
