@@ -167,3 +167,38 @@ fn hits_leave_the_stream_table_alone_and_streams_resume_on_misses() {
         "{misses} misses over 1984 sequential blocks: {stats:?}"
     );
 }
+
+#[test]
+fn windows_around_resident_blocks_read_only_the_missing_runs() {
+    let disk = slow_disk(4_096);
+    let cache = cache_over(disk.clone(), true);
+    // Resident islands inside what read-ahead will request.
+    let islands = [40u64, 41, 100, 333, 334, 335, 900];
+    for &block in &islands {
+        drop(cache.read(block, ReadHint::NoReadAhead).unwrap());
+    }
+    let reads_before = disk.reads.load(Ordering::SeqCst);
+    for block in 0..1_500 {
+        let data = cache.read(block, ReadHint::Normal).unwrap();
+        assert!(
+            data[..] == common::pattern(block, 1, BS)[..],
+            "block {block}"
+        );
+    }
+    cache.wait_for_read_ahead();
+    let stats = cache.stats();
+    // Every block came from the device once: the islands were not read
+    // again, and no block was both prefetched and read by its reader.
+    let mut read = disk.blocks_read.lock().unwrap().clone();
+    let total = read.len();
+    read.sort_unstable();
+    read.dedup();
+    assert_eq!(read.len(), total, "a block was read twice: {stats:?}");
+    assert!((0..1_500).all(|b| read.binary_search(&b).is_ok()));
+    let device_reads = disk.reads.load(Ordering::SeqCst) - reads_before;
+    assert!(
+        device_reads < 150,
+        "{device_reads} device reads for 1500 blocks around {} islands: {stats:?}",
+        islands.len()
+    );
+}

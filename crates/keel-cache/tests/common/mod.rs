@@ -28,6 +28,8 @@ pub struct FlakyDisk<D> {
     pub fail_flushes: AtomicBool,
     pub read_delay_us: AtomicU64,
     pub reads: AtomicU64,
+    /// Every block read, in order (for tests that check what was read).
+    pub blocks_read: std::sync::Mutex<Vec<u64>>,
     pub writes: AtomicU64,
     pub failed_writes: AtomicU64,
     pub flushes: AtomicU64,
@@ -41,6 +43,7 @@ impl<D> FlakyDisk<D> {
             fail_flushes: AtomicBool::new(false),
             read_delay_us: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            blocks_read: std::sync::Mutex::new(Vec::new()),
             writes: AtomicU64::new(0),
             failed_writes: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -60,6 +63,11 @@ impl<D: BlockDevice> BlockDevice for FlakyDisk<D> {
     }
     fn read_blocks(&self, start: u64, buf: &mut [u8]) -> keel_disk::Result<()> {
         self.reads.fetch_add(1, Ordering::SeqCst);
+        let count = (buf.len() / self.inner.block_size()) as u64;
+        self.blocks_read
+            .lock()
+            .unwrap()
+            .extend(start..start + count);
         let delay = self.read_delay_us.load(Ordering::Relaxed);
         if delay > 0 {
             std::thread::sleep(Duration::from_micros(delay));
