@@ -33,14 +33,14 @@
 //! margin, and hence W-TinyLFU leads from the start: starting from LRU (and
 //! filling the cache by recency alone) cost up to 21 points on some traces.
 //!
-//! The shadows hold at most [`SHADOW_BLOCKS`] blocks each and are fed a
+//! The shadows hold at most 128 blocks each and are fed a
 //! spatial sample of the blocks (SHARDS, Waldspurger et al., FAST '15), as
 //! W-TinyLFU sizes its window.
 //!
 //! **Scans.** A one-time scan cannot displace the working set while
 //! W-TinyLFU or LIRS leads. After a long recency-friendly phase LRU may
 //! lead, and a scan arriving then costs the cache until the shadows move
-//! the lead back (about one check, [`CHECK_BLOCKS_FACTOR`]); W-TinyLFU alone
+//! the lead back (about one check); W-TinyLFU alone
 //! has the same exposure once its window has grown to the whole cache. A
 //! reader that knows it scans should say so with the use-once hint.
 
