@@ -331,7 +331,9 @@ pub struct Cache {
     control: Arc<Control>,
     /// Buffers of evicted blocks, reused for new ones (saves an allocation
     /// and a zeroing per miss).
-    free_buffers: Mutex<Vec<Box<[u8]>>>,
+    /// Evicted frames (lock, state and buffer in their two allocations),
+    /// reused for new blocks.
+    free_frames: Mutex<Vec<Arc<Frame>>>,
 }
 
 /// Alignment of read-ahead buffers (O_DIRECT wants page alignment).
@@ -491,7 +493,7 @@ impl Cache {
                 prefetch_wake: Condvar::new(),
             }),
             config,
-            free_buffers: Mutex::new(Vec::new()),
+            free_frames: Mutex::new(Vec::new()),
         });
         if cache.config.background_flusher {
             let weak = Arc::downgrade(&cache);
@@ -662,7 +664,7 @@ impl Cache {
                 inner.policy.touch(block, access);
                 (frame, None, first_use)
             } else {
-                let frame = Frame::new(self.new_buffer(), LOADING, false);
+                let frame = self.new_frame(LOADING, false);
                 // A fresh lock: taking it cannot wait.
                 let guard = FrameWriteLock::lock(frame.clone());
                 inner.map.insert(block, frame.clone());
@@ -677,48 +679,52 @@ impl Cache {
         result
     }
 
-    /// A block buffer: a recycled one if there is one. Its contents are
-    /// garbage until the caller fills it (every caller does, under the
-    /// frame's write lock, before anyone can read it).
-    fn new_buffer(&self) -> Box<[u8]> {
-        self.free_buffers
-            .lock()
-            .pop()
-            .unwrap_or_else(|| vec![0u8; self.block_size].into_boxed_slice())
+    /// A frame for a new block, in `state`: a recycled one if there is
+    /// one. Nobody else holds it. Its bytes are garbage until the caller
+    /// fills them (every caller does, under the frame's write lock or before
+    /// the frame is visible).
+    fn new_frame(&self, state: u8, prefetched: bool) -> Arc<Frame> {
+        let recycled = self.free_frames.lock().pop();
+        self.reuse_or_allocate(recycled, state, prefetched)
     }
 
-    /// Up to `count` recycled buffers, taken under one lock.
-    fn take_buffers(&self, count: usize) -> Vec<Box<[u8]>> {
-        let mut free = self.free_buffers.lock();
+    fn reuse_or_allocate(
+        &self,
+        recycled: Option<Arc<Frame>>,
+        state: u8,
+        prefetched: bool,
+    ) -> Arc<Frame> {
+        if let Some(mut frame) = recycled {
+            if let Some(fresh) = Arc::get_mut(&mut frame) {
+                *fresh.state.get_mut() = state;
+                *fresh.prefetched.get_mut() = prefetched;
+                return frame;
+            }
+        }
+        let bytes = vec![0u8; self.block_size].into_boxed_slice();
+        Frame::new(bytes, state, prefetched)
+    }
+
+    /// Up to `count` recycled frames, taken under one lock.
+    fn take_frames(&self, count: usize) -> Vec<Arc<Frame>> {
+        let mut free = self.free_frames.lock();
         let keep = free.len().saturating_sub(count);
         free.split_off(keep)
     }
 
-    /// Gives unused buffers back for reuse.
-    fn return_buffers(&self, buffers: Vec<Box<[u8]>>) {
-        if buffers.is_empty() {
-            return;
-        }
-        let mut free = self.free_buffers.lock();
-        let room = FREE_BUFFERS_MAX.saturating_sub(free.len());
-        free.extend(buffers.into_iter().take(room));
-    }
-
-    /// Frees evicted frames outside the shard lock, keeping their buffers
-    /// for reuse.
+    /// Keeps evicted (or unused) frames for reuse; called outside the shard
+    /// lock. Only frames nobody else holds are kept.
     fn recycle(&self, evicted: Vec<Arc<Frame>>) {
         if evicted.is_empty() {
             return;
         }
-        let mut free = self.free_buffers.lock();
+        let mut free = self.free_frames.lock();
         for frame in evicted {
             if free.len() >= FREE_BUFFERS_MAX {
                 break;
             }
-            // Evicted frames had no other reference, so both unwraps
-            // succeed; if one did not, the frame is simply dropped.
-            if let Ok(frame) = Arc::try_unwrap(frame) {
-                free.push(frame.data.into_inner());
+            if Arc::strong_count(&frame) == 1 && Arc::weak_count(&frame) == 0 {
+                free.push(frame);
             }
         }
     }
@@ -816,9 +822,9 @@ impl Cache {
                 None => {
                     // A whole-block write needs no read: the frame is born
                     // ready and dirty.
-                    let mut bytes = self.new_buffer();
-                    bytes.copy_from_slice(data);
-                    let frame = Frame::new(bytes, READY, false);
+                    let frame = self.new_frame(READY, false);
+                    // Not visible yet: the lock is free.
+                    frame.data.write().copy_from_slice(data);
                     inner.map.insert(block, frame);
                     inner.policy.insert(block, Access::Normal);
                     self.mark_dirty_locked(&mut inner, block, lsn);
@@ -1217,7 +1223,7 @@ impl Cache {
         for offset in 0..count {
             by_shard[self.shard_index(start + offset as u64)].push(offset);
         }
-        let mut buffers = self.take_buffers(count);
+        let mut frames = self.take_frames(count);
         let mut evicted = Vec::new();
         let mut room = true;
         for (shard, offsets) in self.shards.iter().zip(&by_shard) {
@@ -1237,8 +1243,7 @@ impl Cache {
                     room = false;
                     break;
                 }
-                let bytes = buffers.pop().unwrap_or_else(|| self.new_buffer());
-                let frame = Frame::new(bytes, LOADING, true);
+                let frame = self.reuse_or_allocate(frames.pop(), LOADING, true);
                 // A fresh lock: taking it cannot wait.
                 let lock = FrameWriteLock::lock(frame.clone());
                 inner.map.insert(block, frame);
@@ -1250,7 +1255,7 @@ impl Cache {
                 break;
             }
         }
-        self.return_buffers(buffers);
+        self.recycle(frames);
         self.recycle(evicted);
         (slots, room)
     }
