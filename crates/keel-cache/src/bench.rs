@@ -34,7 +34,7 @@ use crate::{Cache, CacheConfig, ReadAheadConfig, ReadHint};
 pub enum BenchError {
     #[error("traces directory {path} not found (set KEEL_TRACES_DIR or pass --traces DIR)")]
     MissingTraces { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -50,9 +50,12 @@ pub enum BenchError {
     Decompress { path: PathBuf, reason: String },
     #[error("{path}: trace is empty")]
     EmptyTrace { path: PathBuf },
-    #[error("disk: {0}")]
+    // Transparent: the wrapped errors name the device or the cache
+    // themselves, and a reader printing the error chain would otherwise
+    // see their message twice.
+    #[error(transparent)]
     Disk(#[from] keel_disk::DiskError),
-    #[error("cache: {0}")]
+    #[error(transparent)]
     Cache(#[from] crate::CacheError),
 }
 
