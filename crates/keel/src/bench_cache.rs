@@ -36,6 +36,11 @@ pub struct CacheBenchArgs {
     /// FileDisk, read-ahead off and on, against large direct reads).
     #[arg(long)]
     pub readahead: bool,
+    /// Direct/read-ahead-on pairs the read-ahead benchmark runs (the ratio
+    /// reported is the median of the pairs'); more give a steadier figure
+    /// on a machine whose disk speed drifts. Per-pair lines: RUST_LOG=info.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub readahead_repeats: u64,
     /// Also run the hit-throughput benchmark (1 and 2 threads, against quick_cache and moka).
     #[arg(long)]
     pub hits: bool,
@@ -151,6 +156,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         let options = ReadAheadBenchOptions {
             dir,
             policy: args.policy.kind(),
+            repeats: args.readahead_repeats as usize,
             ..ReadAheadBenchOptions::default()
         };
         for result in
