@@ -52,6 +52,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--repeats" => readahead_options.repeats = args.next().ok_or("--repeats N")?.parse()?,
             "--hit-blocks" => hit_options.blocks = args.next().ok_or("--hit-blocks N")?.parse()?,
+            "--cache-mib" => {
+                readahead_options.cache_bytes =
+                    args.next().ok_or("--cache-mib MIB")?.parse::<u64>()? << 20
+            }
             "--skip-traces" => traces = false,
             "--skip-readahead" => readahead = false,
             "--skip-hits" => hits = false,

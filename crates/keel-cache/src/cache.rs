@@ -35,7 +35,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{CacheError, Result};
 use crate::policy::{Access, BlockHasher, BlockMap, Policy, PolicyKind};
-use crate::readahead::{ReadAhead, ReadAheadConfig};
+use crate::readahead::{CacheView, ReadAhead, ReadAheadConfig};
 
 /// How the cache is built. [`CacheConfig::default`] gives 64 MiB, the
 /// adaptive policy (W-TinyLFU, LIRS and LRU), read-ahead on, a flusher
@@ -255,7 +255,6 @@ struct ShardInner {
     hits: u64,
     misses: u64,
     prefetch_hits: u64,
-    prefetch_waste: u64,
     evictions: u64,
 }
 
@@ -270,6 +269,10 @@ struct Shard {
 #[derive(Default)]
 struct Counters {
     prefetched: AtomicU64,
+    /// Prefetched blocks evicted before anybody used them. Shared rather
+    /// than per shard because read-ahead reads it to notice thrashing (it
+    /// changes only on such an eviction, never on a hit).
+    prefetch_waste: AtomicU64,
     blocks_written: AtomicU64,
     write_ios: AtomicU64,
     read_ios: AtomicU64,
@@ -465,7 +468,6 @@ impl Cache {
                         hits: 0,
                         misses: 0,
                         prefetch_hits: 0,
-                        prefetch_waste: 0,
                         evictions: 0,
                     }),
                 }
@@ -572,7 +574,7 @@ impl Cache {
             // table. A miss asks before its own device read, so the prefetch
             // overlaps it.
             if (loader.is_some() || first_use_of_prefetch) && hint != ReadHint::NoReadAhead {
-                self.watch_stream(block);
+                self.watch_stream(block, loader.is_some());
             }
             if let Some(mut lock) = loader {
                 self.counters.read_ios.fetch_add(1, Ordering::Relaxed);
@@ -604,18 +606,24 @@ impl Cache {
 
     /// Tells read-ahead about a read it should see, and issues what it
     /// asks for.
-    fn watch_stream(&self, block: u64) {
+    fn watch_stream(&self, block: u64, missed: bool) {
         // The stream table is the one cache-wide lock read-ahead takes, so
         // it is only tried: under contention a read skips detection
         // (streams pick up again at their next block, or anywhere in what
         // they already prefetched).
         if let Some(mut read_ahead) = self.read_ahead.as_ref().and_then(|r| r.try_lock()) {
-            let request = read_ahead.on_read(block, self.block_count);
+            let view = CacheView {
+                block_count: self.block_count,
+                // A stream keeps up to three windows requested: a sixteenth
+                // of the cache each stays under the quarter that unused
+                // prefetched blocks may hold before they are evicted first.
+                window_limit: (self.capacity_blocks.load(Ordering::Relaxed) / 16).max(1),
+                waste: self.counters.prefetch_waste.load(Ordering::Relaxed),
+            };
+            let request = read_ahead.on_read(block, missed, view);
             drop(read_ahead);
             if let Some((start, count)) = request {
-                // Never read ahead more than a quarter of the cache.
-                let limit = (self.capacity_blocks.load(Ordering::Relaxed) / 4).max(1);
-                self.request_prefetch(start, count.min(limit));
+                self.request_prefetch(start, count);
             }
         }
     }
@@ -747,7 +755,7 @@ impl Cache {
     /// frames. If every resident frame is busy the shard stays over capacity
     /// until write-back or unpinning lets it shrink.
     fn evict_over_capacity(&self, inner: &mut ShardInner, evicted: &mut Vec<Arc<Frame>>) {
-        Self::evict_down_to(inner, inner.capacity, false, evicted);
+        Self::evict_down_to(inner, inner.capacity, false, &self.counters, evicted);
     }
 
     /// Evicts until the shard holds at most `limit` blocks; with
@@ -758,6 +766,7 @@ impl Cache {
         inner: &mut ShardInner,
         limit: usize,
         for_prefetch: bool,
+        counters: &Counters,
         evicted: &mut Vec<Arc<Frame>>,
     ) -> bool {
         while inner.map.len() > limit {
@@ -783,7 +792,7 @@ impl Cache {
                 .remove(&victim)
                 .expect("the policy only names resident blocks");
             if frame.prefetched.load(Ordering::Relaxed) {
-                inner.prefetch_waste += 1;
+                counters.prefetch_waste.fetch_add(1, Ordering::Relaxed);
             }
             inner.evictions += 1;
             evicted.push(frame);
@@ -1128,11 +1137,11 @@ impl Cache {
             stats.hits += inner.hits;
             stats.misses += inner.misses;
             stats.prefetch_hits += inner.prefetch_hits;
-            stats.prefetch_waste += inner.prefetch_waste;
             stats.evictions += inner.evictions;
         }
         CacheStats {
             prefetched: c.prefetched.load(Ordering::Relaxed),
+            prefetch_waste: c.prefetch_waste.load(Ordering::Relaxed),
             blocks_written: c.blocks_written.load(Ordering::Relaxed),
             write_ios: c.write_ios.load(Ordering::Relaxed),
             read_ios: c.read_ios.load(Ordering::Relaxed),
@@ -1239,7 +1248,7 @@ impl Cache {
                 // Room for a guess is made only from blocks the policy
                 // would give up for one (never the working set).
                 let limit = inner.capacity.saturating_sub(1);
-                if !Self::evict_down_to(&mut inner, limit, true, &mut evicted) {
+                if !Self::evict_down_to(&mut inner, limit, true, &self.counters, &mut evicted) {
                     room = false;
                     break;
                 }

@@ -50,7 +50,7 @@ pub mod readahead;
 pub use cache::{BlockMut, BlockRef, Cache, CacheConfig, CacheStats, ReadHint};
 pub use error::{CacheError, Result};
 pub use policy::{Access, PolicyKind};
-pub use readahead::ReadAheadConfig;
+pub use readahead::{CacheView, ReadAheadConfig};
 
 #[cfg(feature = "bench")]
 pub mod bench;

@@ -20,6 +20,15 @@
 //! * A read that continues no stream (random access) starts a new stream in
 //!   place of the least recently used one, with no window: read-ahead for
 //!   that reader collapses until it is sequential again.
+//! * The window never exceeds what the cache can hold: at most
+//!   [`CacheView::window_limit`] (the cache passes a sixteenth of its
+//!   capacity, so three windows in flight stay under the quarter that
+//!   unused prefetched blocks may hold before they are evicted first).
+//! * **Thrashing.** If the reader misses a block its stream requested, and
+//!   prefetched blocks have been evicted unused since the stream last
+//!   asked, read-ahead is outrunning the cache (several streams, or a cache
+//!   that shrank): the window halves and requests restart at the reader,
+//!   as Linux shrinks its read-ahead on thrashing.
 //!
 //! Several interleaved sequential readers (up to `streams`) are tracked
 //! independently, as Linux does per open file.
@@ -58,6 +67,17 @@ impl Default for ReadAheadConfig {
     }
 }
 
+/// What read-ahead needs to know of the cache at each read.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheView {
+    /// Blocks on the device (read-ahead stops at its end).
+    pub block_count: u64,
+    /// Largest window the cache can afford now, in blocks.
+    pub window_limit: usize,
+    /// Prefetched blocks evicted unused so far (a cache-wide counter).
+    pub waste: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Stream {
     next: u64,
@@ -66,6 +86,8 @@ struct Stream {
     window: usize,
     issued_until: u64,
     last_use: u64,
+    /// [`CacheView::waste`] when this stream last requested blocks.
+    waste_seen: u64,
 }
 
 /// The stream table. Not thread-safe by itself; the cache keeps it under a
@@ -85,13 +107,14 @@ impl ReadAhead {
         }
     }
 
-    /// Notes a read of `block`; returns a range `(start, count)` to read
-    /// ahead, if any.
-    pub fn on_read(&mut self, block: u64, block_count: u64) -> Option<(u64, usize)> {
+    /// Notes a read of `block` (`missed`: it was not resident); returns a
+    /// range `(start, count)` to read ahead, if any.
+    pub fn on_read(&mut self, block: u64, missed: bool, view: CacheView) -> Option<(u64, usize)> {
         self.tick += 1;
         let tick = self.tick;
-        let initial = self.config.initial_window_blocks.max(1);
-        let max = self.config.max_window_blocks.max(initial);
+        let block_count = view.block_count;
+        let max = self.config.max_window_blocks.min(view.window_limit).max(1);
+        let initial = self.config.initial_window_blocks.clamp(1, max);
         // One pass over the table: the stream expecting this block, else one
         // whose prefetched zone holds it, else the least recently used
         // entry (to replace).
@@ -127,6 +150,13 @@ impl ReadAhead {
                 }
                 stream.window = initial;
             }
+            if missed && block < stream.issued_until && view.waste > stream.waste_seen {
+                // Thrashing: what this stream asked for was evicted before
+                // the reader got to it. Bet less, from here.
+                stream.window = (stream.window / 2).max(initial);
+                stream.issued_until = block + 1;
+            }
+            stream.window = stream.window.min(max);
             // Keep two to three windows requested ahead of the reader, so
             // the device always has the next reads queued even while the
             // reader waits for the oldest one.
@@ -145,6 +175,7 @@ impl ReadAhead {
                 return None;
             }
             stream.issued_until = end;
+            stream.waste_seen = view.waste;
             return Some((start, (end - start) as usize));
         }
         // Inside a stream's prefetched zone (a re-read or a short skip
@@ -161,6 +192,7 @@ impl ReadAhead {
             window: 0,
             issued_until: block + 1,
             last_use: tick,
+            waste_seen: view.waste,
         };
         if self.streams.len() < self.config.streams.max(1) {
             self.streams.push(fresh);
@@ -184,22 +216,35 @@ impl ReadAhead {
 mod tests {
     use super::*;
 
+    /// A cache large enough for any window, that has wasted nothing.
+    fn view(block_count: u64) -> CacheView {
+        CacheView {
+            block_count,
+            window_limit: usize::MAX,
+            waste: 0,
+        }
+    }
+
     #[test]
     fn window_opens_grows_and_collapses() {
         let mut ra = ReadAhead::new(ReadAheadConfig {
             max_window_blocks: 64,
             ..ReadAheadConfig::default()
         });
-        assert_eq!(ra.on_read(99, 10_000), None, "one read is not a stream");
-        assert_eq!(ra.on_read(100, 10_000), None, "nor are two");
+        assert_eq!(
+            ra.on_read(99, true, view(10_000)),
+            None,
+            "one read is not a stream"
+        );
+        assert_eq!(ra.on_read(100, true, view(10_000)), None, "nor are two");
         let first = ra
-            .on_read(101, 10_000)
+            .on_read(101, true, view(10_000))
             .expect("the third sequential read prefetches");
         assert_eq!(first, (102, 8));
         let mut requested_until = 110;
         let mut largest = 0;
         for block in 102..2_000 {
-            if let Some((start, count)) = ra.on_read(block, 10_000) {
+            if let Some((start, count)) = ra.on_read(block, true, view(10_000)) {
                 assert_eq!(start, requested_until, "requests are contiguous");
                 requested_until = start + count as u64;
                 largest = largest.max(count);
@@ -212,7 +257,7 @@ mod tests {
         assert!(largest >= 32, "window grew to {largest}");
         assert_eq!(ra.window_for(2_000), 64);
         // A random read starts over with no window.
-        assert_eq!(ra.on_read(7_000, 10_000), None);
+        assert_eq!(ra.on_read(7_000, true, view(10_000)), None);
         assert_eq!(ra.window_for(7_001), 0);
     }
 
@@ -222,7 +267,7 @@ mod tests {
         let mut rng = keel_disk::SimRng::new(1);
         for _ in 0..10_000 {
             let block = rng.below(1 << 40) * 3;
-            assert_eq!(ra.on_read(block, u64::MAX), None);
+            assert_eq!(ra.on_read(block, true, view(u64::MAX)), None);
         }
     }
 
@@ -232,7 +277,7 @@ mod tests {
         let mut requests = [0, 0];
         for step in 0..100u64 {
             for (index, base) in [0u64, 1_000_000].iter().enumerate() {
-                if ra.on_read(base + step, u64::MAX).is_some() {
+                if ra.on_read(base + step, true, view(u64::MAX)).is_some() {
                     requests[index] += 1;
                 }
             }
@@ -244,9 +289,72 @@ mod tests {
     fn stops_at_the_end_of_the_device() {
         let mut ra = ReadAhead::new(ReadAheadConfig::default());
         for block in 0..100 {
-            if let Some((start, count)) = ra.on_read(block, 100) {
+            if let Some((start, count)) = ra.on_read(block, true, view(100)) {
                 assert!(start + count as u64 <= 100);
             }
         }
+    }
+
+    #[test]
+    fn the_window_fits_the_cache() {
+        let mut ra = ReadAhead::new(ReadAheadConfig::default());
+        let small = CacheView {
+            window_limit: 32,
+            ..view(1 << 20)
+        };
+        let mut largest = 0;
+        for block in 0..10_000 {
+            if let Some((_, count)) = ra.on_read(block, false, small) {
+                largest = largest.max(count);
+            }
+        }
+        assert_eq!(largest, 32, "the limit, not the configured 256");
+        // The cache shrinks under a running stream: the window follows.
+        let smaller = CacheView {
+            window_limit: 8,
+            ..small
+        };
+        for block in 10_000..10_100 {
+            if let Some((_, count)) = ra.on_read(block, false, smaller) {
+                assert!(count <= 8, "request of {count} blocks");
+            }
+        }
+        assert_eq!(ra.window_for(10_100), 8);
+    }
+
+    #[test]
+    fn thrashing_halves_the_window_and_restarts_at_the_reader() {
+        let mut ra = ReadAhead::new(ReadAheadConfig {
+            max_window_blocks: 64,
+            ..ReadAheadConfig::default()
+        });
+        let mut requested_until = 0;
+        for block in 0..1_000 {
+            if let Some((start, count)) = ra.on_read(block, false, view(1 << 20)) {
+                requested_until = start + count as u64;
+            }
+        }
+        assert_eq!(ra.window_for(1_000), 64);
+        assert!(requested_until > 1_001);
+        // A miss inside the requested zone with no eviction of unused
+        // prefetches: the reader overtook the prefetcher; nothing shrinks.
+        ra.on_read(1_000, true, view(1 << 20));
+        assert_eq!(ra.window_for(1_001), 64);
+        // Now prefetched blocks were evicted unused, and the reader misses
+        // one it asked for: thrashing.
+        let wasted = CacheView {
+            waste: 100,
+            ..view(1 << 20)
+        };
+        let (start, count) = ra
+            .on_read(1_001, true, wasted)
+            .expect("requests restart at the reader");
+        assert_eq!((start, count), (1_002, 32));
+        assert_eq!(ra.window_for(1_002), 32);
+        // The same waste is not counted twice.
+        for block in 1_002..1_010 {
+            ra.on_read(block, true, wasted);
+        }
+        assert!(ra.window_for(1_010) >= 32);
     }
 }

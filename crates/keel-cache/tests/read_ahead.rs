@@ -202,3 +202,45 @@ fn windows_around_resident_blocks_read_only_the_missing_runs() {
         islands.len()
     );
 }
+
+/// A cache smaller than the read-ahead a stream would keep in flight (three
+/// windows of 256 blocks against 512 blocks of cache): the window must fit
+/// the cache, or the prefetched blocks a reader needs next are evicted
+/// before it gets to them and read-ahead costs more than it saves. The scan
+/// is 64 times the cache, long enough for the policy's frequency sketch to
+/// fill with noise and be aged: room for guesses must last the whole scan.
+#[test]
+fn read_ahead_fits_a_small_cache() {
+    let disk = slow_disk(32_768);
+    let cache = Cache::new(
+        disk.clone(),
+        CacheConfig {
+            capacity_bytes: 512 * BS as u64,
+            background_flusher: false,
+            read_ahead: ReadAheadConfig {
+                enabled: true,
+                max_window_blocks: 256,
+                ..ReadAheadConfig::default()
+            },
+            ..CacheConfig::default()
+        },
+    )
+    .unwrap();
+    for block in 0..32_768 {
+        let data = cache.read(block, ReadHint::Normal).unwrap();
+        assert!(
+            data[..] == common::pattern(block, 1, BS)[..],
+            "block {block}"
+        );
+    }
+    let stats = cache.stats();
+    let device_reads = disk.reads.load(Ordering::SeqCst);
+    assert!(
+        stats.prefetch_waste * 20 < stats.prefetched,
+        "over 5% of prefetched blocks evicted unused: {stats:?}"
+    );
+    assert!(
+        device_reads < 32_768 / 8,
+        "{device_reads} device reads for 32768 blocks: {stats:?}"
+    );
+}
