@@ -810,8 +810,9 @@ impl Segments {
     /// A victim to make room for a prefetched block, which has no
     /// frequency of its own yet: used-once and stale prefetched blocks
     /// first, then the oldest window or probation block that looks like
-    /// part of a scan (seen at most [`PREFETCH_DISPLACES_FREQ`] times).
-    /// Never a protected block, nor a block seen more often: a guess must
+    /// part of a scan: not used again since it entered the cache, and
+    /// estimated by the sketch at most [`PREFETCH_DISPLACES_FREQ`]. Never a
+    /// protected block, nor one used again or seen more often: a guess must
     /// not cost the working set. `None` when there is no such block.
     fn evict_for_prefetch(
         &mut self,
@@ -835,8 +836,14 @@ impl Segments {
             let mut looked = 0;
             while at != NIL && looked < PREFETCH_VICTIM_SEARCH {
                 looked += 1;
-                let Node { key, prev, .. } = self.lists.nodes[at as usize];
-                if sketch.frequency(key) <= PREFETCH_DISPLACES_FREQ && may_evict(key) {
+                let Node {
+                    key,
+                    prev,
+                    freq: reused,
+                    ..
+                } = self.lists.nodes[at as usize];
+                if reused == 0 && sketch.frequency(key) <= PREFETCH_DISPLACES_FREQ && may_evict(key)
+                {
                     return Some(self.lists.remove(at));
                 }
                 at = prev;
@@ -847,6 +854,10 @@ impl Segments {
 
     /// A real (normal) access to a resident block.
     fn hit(&mut self, at: u32) {
+        // Marks the block as used again since it entered the cache (the
+        // node's `freq` field, otherwise unused here): read-ahead may not
+        // take its room.
+        self.lists.nodes[at as usize].freq = 1;
         match self.lists.nodes[at as usize].list {
             COLD | WINDOW | W_PREFETCH => self.lists.move_to_head(at, WINDOW),
             PROBATION => {
@@ -976,13 +987,16 @@ impl Segments {
     }
 }
 
-/// A prefetched block may displace a window or probation block seen at
-/// most this often (a block of the same scan), never a more frequent one.
-/// Two, not one: late in each sketch period collisions lift a block seen
-/// once to an estimate of two, and with one as the bound read-ahead found
-/// no room halfway through a long scan (`read_ahead_fits_a_small_cache`:
-/// 20 564 device reads for 32 768 blocks against 1 668).
-const PREFETCH_DISPLACES_FREQ: u8 = 2;
+/// A prefetched block may displace a window or probation block not used
+/// again since it entered the cache and estimated at most this often by
+/// the sketch (a block of the same scan), never a more frequent one. The
+/// sketch alone cannot tell a block seen once: on a long scan through a
+/// small shard its estimates for such blocks reach 3–5 (collisions, late
+/// in a sketch period), and with a bound of 1, read-ahead found no room
+/// halfway through (`read_ahead_fits_a_small_cache`: 20 564 device reads
+/// for 32 768 blocks). The "not used again" mark is what tells; the bound
+/// keeps a frequent block that was evicted and came back out of reach.
+const PREFETCH_DISPLACES_FREQ: u8 = 7;
 /// How many blocks from the old end of the window and of probation a
 /// prefetch looks at for a victim.
 const PREFETCH_VICTIM_SEARCH: usize = 16;

@@ -240,7 +240,11 @@ fn read_ahead_fits_a_small_cache() {
         "over 5% of prefetched blocks evicted unused: {stats:?}"
     );
     assert!(
-        device_reads < 32_768 / 8,
+        stats.misses * 100 < 32_768,
+        "over 1% of blocks read by the reader itself (read-ahead found no room): {stats:?}"
+    );
+    assert!(
+        device_reads < 32_768 / 16,
         "{device_reads} device reads for 32768 blocks: {stats:?}"
     );
 }
