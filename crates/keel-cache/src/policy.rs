@@ -991,8 +991,9 @@ impl Segments {
 /// again since it entered the cache and estimated at most this often by
 /// the sketch (a block of the same scan), never a more frequent one. The
 /// sketch alone cannot tell a block seen once: on a long scan through a
-/// small shard its estimates for such blocks reach 3–5 (collisions, late
-/// in a sketch period), and with a bound of 1, read-ahead found no room
+/// small shard, admission lets in whichever scan block collisions made
+/// look more frequent than the victim, probation fills with blocks
+/// estimated at 3–5, and with a bound of 1, read-ahead found no room
 /// halfway through (`read_ahead_fits_a_small_cache`: 20 564 device reads
 /// for 32 768 blocks). The "not used again" mark is what tells; the bound
 /// keeps a frequent block that was evicted and came back out of reach.
