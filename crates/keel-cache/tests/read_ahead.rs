@@ -11,14 +11,25 @@ use keel_disk::{BlockDevice, MemDisk, SimRng};
 const BS: usize = 512;
 
 fn cache_over(disk: Arc<common::FlakyDisk<MemDisk>>, enabled: bool) -> Arc<Cache> {
+    cache_of(disk, 4096, enabled, 64)
+}
+
+/// A cache of `blocks` blocks with read-ahead `enabled`, windows of at most
+/// `max_window` blocks, and no background flusher.
+fn cache_of(
+    disk: Arc<common::FlakyDisk<MemDisk>>,
+    blocks: u64,
+    enabled: bool,
+    max_window: usize,
+) -> Arc<Cache> {
     Cache::new(
         disk,
         CacheConfig {
-            capacity_bytes: 4096 * BS as u64,
+            capacity_bytes: blocks * BS as u64,
             background_flusher: false,
             read_ahead: ReadAheadConfig {
                 enabled,
-                max_window_blocks: 64,
+                max_window_blocks: max_window,
                 ..ReadAheadConfig::default()
             },
             ..CacheConfig::default()
@@ -40,19 +51,28 @@ fn slow_disk(blocks: u64) -> Arc<common::FlakyDisk<MemDisk>> {
     disk
 }
 
-#[test]
-fn sequential_reads_are_prefetched_in_large_reads() {
-    let disk = slow_disk(2_048);
-    let cache = cache_over(disk.clone(), true);
-    for block in 0..2_048 {
+/// Reads blocks `0..blocks` in order, checking each; returns the cache's
+/// counters and the device reads it took.
+fn read_in_order(
+    cache: &Cache,
+    disk: &common::FlakyDisk<MemDisk>,
+    blocks: u64,
+) -> (keel_cache::CacheStats, u64) {
+    for block in 0..blocks {
         let data = cache.read(block, ReadHint::Normal).unwrap();
         assert!(
             data[..] == common::pattern(block, 1, BS)[..],
             "block {block}"
         );
     }
-    let stats = cache.stats();
-    let device_reads = disk.reads.load(Ordering::SeqCst);
+    (cache.stats(), disk.reads.load(Ordering::SeqCst))
+}
+
+#[test]
+fn sequential_reads_are_prefetched_in_large_reads() {
+    let disk = slow_disk(2_048);
+    let cache = cache_over(disk.clone(), true);
+    let (stats, device_reads) = read_in_order(&cache, &disk, 2_048);
     assert!(stats.prefetched > 1_000, "{stats:?}");
     assert!(stats.prefetch_hits > 1_000, "{stats:?}");
     assert!(
@@ -89,20 +109,7 @@ fn random_reads_prefetch_nothing() {
 #[test]
 fn unused_prefetches_are_evicted_first_and_counted_as_waste() {
     let disk = slow_disk(4_096);
-    let cache = Cache::new(
-        disk.clone(),
-        CacheConfig {
-            capacity_bytes: 256 * BS as u64,
-            background_flusher: false,
-            read_ahead: ReadAheadConfig {
-                enabled: true,
-                max_window_blocks: 64,
-                ..ReadAheadConfig::default()
-            },
-            ..CacheConfig::default()
-        },
-    )
-    .unwrap();
+    let cache = cache_of(disk.clone(), 256, true, 64);
     // A working set used twice, so it sits in the main queue.
     for _ in 0..3 {
         for block in 3_000..3_050 {
@@ -212,29 +219,8 @@ fn windows_around_resident_blocks_read_only_the_missing_runs() {
 #[test]
 fn read_ahead_fits_a_small_cache() {
     let disk = slow_disk(32_768);
-    let cache = Cache::new(
-        disk.clone(),
-        CacheConfig {
-            capacity_bytes: 512 * BS as u64,
-            background_flusher: false,
-            read_ahead: ReadAheadConfig {
-                enabled: true,
-                max_window_blocks: 256,
-                ..ReadAheadConfig::default()
-            },
-            ..CacheConfig::default()
-        },
-    )
-    .unwrap();
-    for block in 0..32_768 {
-        let data = cache.read(block, ReadHint::Normal).unwrap();
-        assert!(
-            data[..] == common::pattern(block, 1, BS)[..],
-            "block {block}"
-        );
-    }
-    let stats = cache.stats();
-    let device_reads = disk.reads.load(Ordering::SeqCst);
+    let cache = cache_of(disk.clone(), 512, true, 256);
+    let (stats, device_reads) = read_in_order(&cache, &disk, 32_768);
     assert!(
         stats.prefetch_waste * 20 < stats.prefetched,
         "over 5% of prefetched blocks evicted unused: {stats:?}"
