@@ -66,6 +66,9 @@ struct Node {
     q_next: u32,
     status: Status,
     in_s: bool,
+    /// Used again since it last entered the cache (read-ahead never takes
+    /// the room of such a block).
+    reused: bool,
 }
 
 /// A doubly-linked list threaded through one pair of node links. `head` is
@@ -97,6 +100,10 @@ enum Queue {
     UseOnce,
     Prefetch,
 }
+
+/// How many never-reused LIR blocks at the bottom of S a prefetch may
+/// demote looking for room.
+const PREFETCH_LIR_SEARCH: usize = 16;
 
 /// LIRS; see the module documentation.
 pub struct Lirs {
@@ -275,6 +282,7 @@ impl Lirs {
             // Every caller sets the real status next, through `set_status`.
             status: Status::HirGone,
             in_s: false,
+            reused: false,
         };
         let at = match self.free.pop() {
             Some(at) => {
@@ -434,13 +442,17 @@ impl Policy for Lirs {
         match access {
             Access::Normal => match status {
                 Status::Lir => {
+                    self.nodes[at as usize].reused = true;
                     let was_bottom = self.s.tail == at;
                     self.s_to_top(at);
                     if was_bottom {
                         self.prune();
                     }
                 }
-                Status::HirResident => self.reference_hir(at),
+                Status::HirResident => {
+                    self.nodes[at as usize].reused = true;
+                    self.reference_hir(at);
+                }
                 // The first real use of a prefetched or used-once block is
                 // its first reference.
                 Status::UseOnce | Status::Prefetched => self.reference_hir(at),
@@ -465,6 +477,7 @@ impl Policy for Lirs {
             }
             None => self.new_node(key),
         };
+        self.nodes[at as usize].reused = false;
         self.resident += 1;
         match access {
             Access::Normal => self.reference_hir(at),
@@ -511,8 +524,16 @@ impl Policy for Lirs {
         if let Some(key) = self.evict_from(Queue::Q, may_evict) {
             return Some(key);
         }
-        // No evictable HIR block: the oldest LIR blocks become HIR, one at
-        // a time, until one of them can go.
+        // No evictable HIR block. Prefetched blocks nobody has used yet go
+        // before the LIR set: the LIR target leaves no room for read-ahead
+        // (99% of the cache), so taking LIR blocks here would let every
+        // window of a scan cost the working set one block per prefetch.
+        // Read-ahead notices the waste and shrinks its window instead.
+        if let Some(key) = self.evict_from(Queue::Prefetch, may_evict) {
+            return Some(key);
+        }
+        // Nothing else: the oldest LIR blocks become HIR, one at a time,
+        // until one of them can go.
         let mut budget = self.lir_count;
         while budget > 0 {
             budget -= 1;
@@ -525,15 +546,31 @@ impl Policy for Lirs {
                 return Some(key);
             }
         }
-        self.evict_from(Queue::Prefetch, may_evict)
+        None
     }
     fn evict_for_prefetch(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
         // A guess may take the room of used-once, stale prefetched and HIR
-        // blocks (scan blocks are HIR), never of the LIR set.
+        // blocks (scan blocks are HIR), and of the oldest LIR blocks that
+        // were never used again: the LIR set fills with the first blocks
+        // seen, so a long scan from a cold cache would otherwise leave
+        // read-ahead only the 1% HIR slice. Never of a LIR block in use.
         if let Some(key) = self.evict_first(may_evict) {
             return Some(key);
         }
-        self.evict_from(Queue::Q, may_evict)
+        if let Some(key) = self.evict_from(Queue::Q, may_evict) {
+            return Some(key);
+        }
+        for _ in 0..PREFETCH_LIR_SEARCH {
+            let bottom = self.s.tail;
+            if bottom == NIL || self.nodes[bottom as usize].reused {
+                break;
+            }
+            self.demote_bottom_lir();
+            if let Some(key) = self.evict_from(Queue::Q, may_evict) {
+                return Some(key);
+            }
+        }
+        None
     }
 }
 

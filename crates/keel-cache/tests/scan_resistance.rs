@@ -62,29 +62,42 @@ fn seeds() -> Vec<u64> {
     }
 }
 
+/// The default and the scan-resistant policies it is made of (read-ahead
+/// takes room differently in each). LIRS alone is held to 0.95, not 0.98:
+/// its HIR slice is 1% of the cache, so while read-ahead has frames in
+/// flight (loading, not evictable) a miss can find nothing to evict but
+/// the oldest LIR block, which is a hot one (measured 0.966–0.998 over
+/// seeds 1001–1024; 0.68 before LIRS gave up unused prefetches first).
 #[test]
-fn default_policy_keeps_hot_set_through_a_scan_with_read_ahead() {
-    let mut worst = (1.0f64, 0);
-    let mut failures = Vec::new();
-    for seed in seeds() {
-        let (resident, hit) = hot_kept_after_scan(PolicyKind::default(), true, seed);
-        println!(
-            "seed {seed}: wtinylfu with read-ahead kept {resident:.3} of the hot set \
-             (re-read hit {hit:.3})"
+fn scan_resistant_policies_keep_hot_set_through_a_scan_with_read_ahead() {
+    for (policy, bar) in [
+        (PolicyKind::default(), 0.98),
+        (PolicyKind::WTinyLfu, 0.98),
+        (PolicyKind::Lirs, 0.95),
+    ] {
+        let name = policy.name();
+        let mut worst = (1.0f64, 0);
+        let mut failures = Vec::new();
+        for seed in seeds() {
+            let (resident, hit) = hot_kept_after_scan(policy, true, seed);
+            println!(
+                "seed {seed}: {name} with read-ahead kept {resident:.3} of the hot set \
+                 (re-read hit {hit:.3})"
+            );
+            let kept = resident.min(hit);
+            if kept < worst.0 {
+                worst = (kept, seed);
+            }
+            if kept < bar {
+                failures.push((seed, kept));
+            }
+        }
+        println!("{name} worst: {:.3} (seed {})", worst.0, worst.1);
+        assert!(
+            failures.is_empty(),
+            "{name}: hot set lost to a scan (seed, share kept; replay with KEEL_SEED): {failures:?}"
         );
-        let kept = resident.min(hit);
-        if kept < worst.0 {
-            worst = (kept, seed);
-        }
-        if kept < 0.98 {
-            failures.push((seed, kept));
-        }
     }
-    println!("worst: {:.3} (seed {})", worst.0, worst.1);
-    assert!(
-        failures.is_empty(),
-        "hot set lost to a scan (seed, share kept; replay with KEEL_SEED): {failures:?}"
-    );
 }
 
 #[test]
