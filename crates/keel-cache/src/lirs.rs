@@ -101,9 +101,9 @@ enum Queue {
     Prefetch,
 }
 
-/// How many never-reused LIR blocks at the bottom of S a prefetch may
+/// How many never-reused LIR blocks at the bottom of S an eviction may
 /// demote looking for room.
-const PREFETCH_LIR_SEARCH: usize = 16;
+const UNUSED_LIR_SEARCH: usize = 16;
 
 /// LIRS; see the module documentation.
 pub struct Lirs {
@@ -395,6 +395,22 @@ impl Lirs {
         None
     }
 
+    /// Demotes the oldest LIR blocks while they were never used again
+    /// (at most [`UNUSED_LIR_SEARCH`]) and evicts one that may go.
+    fn evict_unused_lir(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
+        for _ in 0..UNUSED_LIR_SEARCH {
+            let bottom = self.s.tail;
+            if bottom == NIL || self.nodes[bottom as usize].reused {
+                break;
+            }
+            self.demote_bottom_lir();
+            if let Some(key) = self.evict_from(Queue::Q, may_evict) {
+                return Some(key);
+            }
+        }
+        None
+    }
+
     fn evict_first(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
         if let Some(key) = self.evict_from(Queue::UseOnce, may_evict) {
             return Some(key);
@@ -524,11 +540,16 @@ impl Policy for Lirs {
         if let Some(key) = self.evict_from(Queue::Q, may_evict) {
             return Some(key);
         }
-        // No evictable HIR block. Prefetched blocks nobody has used yet go
-        // before the LIR set: the LIR target leaves no room for read-ahead
-        // (99% of the cache), so taking LIR blocks here would let every
-        // window of a scan cost the working set one block per prefetch.
-        // Read-ahead notices the waste and shrinks its window instead.
+        // No evictable HIR block: the oldest LIR blocks never used again
+        // (they joined the LIR set while it filled), then prefetched blocks
+        // nobody has used yet, before the rest of the LIR set. The LIR
+        // target leaves no room for read-ahead (99% of the cache), so taking
+        // a used LIR block here would let every window of a scan cost the
+        // working set a block; read-ahead notices the waste and shrinks its
+        // window instead.
+        if let Some(key) = self.evict_unused_lir(may_evict) {
+            return Some(key);
+        }
         if let Some(key) = self.evict_from(Queue::Prefetch, may_evict) {
             return Some(key);
         }
@@ -560,17 +581,7 @@ impl Policy for Lirs {
         if let Some(key) = self.evict_from(Queue::Q, may_evict) {
             return Some(key);
         }
-        for _ in 0..PREFETCH_LIR_SEARCH {
-            let bottom = self.s.tail;
-            if bottom == NIL || self.nodes[bottom as usize].reused {
-                break;
-            }
-            self.demote_bottom_lir();
-            if let Some(key) = self.evict_from(Queue::Q, may_evict) {
-                return Some(key);
-            }
-        }
-        None
+        self.evict_unused_lir(may_evict)
     }
 }
 

@@ -66,7 +66,7 @@ fn seeds() -> Vec<u64> {
 /// takes room differently in each). LIRS alone is held to 0.95, not 0.98:
 /// its HIR slice is 1% of the cache, so while read-ahead has frames in
 /// flight (loading, not evictable) a miss can find nothing to evict but
-/// the oldest LIR block, which is a hot one (measured 0.966–0.998 over
+/// the oldest LIR block, which is a hot one (measured 0.964–0.998 over
 /// seeds 1001–1024; 0.68 before LIRS gave up unused prefetches first).
 #[test]
 fn scan_resistant_policies_keep_hot_set_through_a_scan_with_read_ahead() {
