@@ -99,11 +99,10 @@ enum Queue {
     Gone,
     UseOnce,
     Prefetch,
+    /// LIR blocks not used again since they entered: they joined the LIR
+    /// set while it was filling, with no reuse to show for it.
+    Unused,
 }
-
-/// How many never-reused LIR blocks at the bottom of S an eviction may
-/// demote looking for room.
-const UNUSED_LIR_SEARCH: usize = 16;
 
 /// LIRS; see the module documentation.
 pub struct Lirs {
@@ -118,6 +117,7 @@ pub struct Lirs {
     gone: Ends,
     use_once: Ends,
     prefetch: Ends,
+    unused: Ends,
     capacity: usize,
     lir_count: usize,
     resident: usize,
@@ -134,6 +134,7 @@ impl Lirs {
             gone: EMPTY,
             use_once: EMPTY,
             prefetch: EMPTY,
+            unused: EMPTY,
             capacity: capacity.max(1),
             lir_count: 0,
             resident: 0,
@@ -156,12 +157,17 @@ impl Lirs {
             Queue::Gone => &mut self.gone,
             Queue::UseOnce => &mut self.use_once,
             Queue::Prefetch => &mut self.prefetch,
+            Queue::Unused => &mut self.unused,
         }
     }
 
-    fn queue_of(status: Status) -> Option<Queue> {
-        match status {
-            Status::Lir => None,
+    /// The queue node `at` is in, by its status (and, for a LIR block,
+    /// whether it was used again since it entered).
+    fn queue_of(&self, at: u32) -> Option<Queue> {
+        let node = &self.nodes[at as usize];
+        match node.status {
+            Status::Lir if node.reused => None,
+            Status::Lir => Some(Queue::Unused),
             Status::HirResident => Some(Queue::Q),
             Status::HirGone => Some(Queue::Gone),
             Status::UseOnce => Some(Queue::UseOnce),
@@ -251,7 +257,7 @@ impl Lirs {
 
     /// Takes a node off whatever queue its status puts it on.
     fn leave_queue(&mut self, at: u32) {
-        if let Some(queue) = Self::queue_of(self.nodes[at as usize].status) {
+        if let Some(queue) = self.queue_of(at) {
             self.q_unlink(at, queue);
         }
     }
@@ -264,9 +270,11 @@ impl Lirs {
             self.lir_count -= 1;
         }
         self.nodes[at as usize].status = status;
-        match Self::queue_of(status) {
-            Some(queue) => self.q_push(at, queue),
-            None => self.lir_count += 1,
+        if status == Status::Lir {
+            self.lir_count += 1;
+        }
+        if let Some(queue) = self.queue_of(at) {
+            self.q_push(at, queue);
         }
     }
 
@@ -378,13 +386,18 @@ impl Lirs {
             let key = self.nodes[at as usize].key;
             if may_evict(key) {
                 self.resident -= 1;
-                if queue == Queue::Q && self.nodes[at as usize].in_s {
+                let was_bottom = self.s.tail == at;
+                if matches!(queue, Queue::Q | Queue::Unused) && self.nodes[at as usize].in_s {
                     // Remembered: a use soon will show a short reuse
                     // distance.
                     self.set_status(at, Status::HirGone);
                     self.limit_gone();
                 } else {
                     self.drop_node(at);
+                }
+                if was_bottom {
+                    // A LIR block left the bottom of S.
+                    self.prune();
                 }
                 return Some(key);
             }
@@ -395,20 +408,13 @@ impl Lirs {
         None
     }
 
-    /// Demotes the oldest LIR blocks while they were never used again
-    /// (at most [`UNUSED_LIR_SEARCH`]) and evicts one that may go.
+    /// Evicts the oldest LIR block that was never used again since it
+    /// entered. Such blocks joined the LIR set while it was filling, with
+    /// no reuse to show for it: when the LIR set is not full but the cache
+    /// is (read-ahead or use-once blocks hold the rest), they go before the
+    /// working set at the bottom of S.
     fn evict_unused_lir(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
-        for _ in 0..UNUSED_LIR_SEARCH {
-            let bottom = self.s.tail;
-            if bottom == NIL || self.nodes[bottom as usize].reused {
-                break;
-            }
-            self.demote_bottom_lir();
-            if let Some(key) = self.evict_from(Queue::Q, may_evict) {
-                return Some(key);
-            }
-        }
-        None
+        self.evict_from(Queue::Unused, may_evict)
     }
 
     fn evict_first(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
@@ -458,6 +464,8 @@ impl Policy for Lirs {
         match access {
             Access::Normal => match status {
                 Status::Lir => {
+                    // Out of the queue of unused LIR blocks, if there.
+                    self.leave_queue(at);
                     self.nodes[at as usize].reused = true;
                     let was_bottom = self.s.tail == at;
                     self.s_to_top(at);
@@ -627,5 +635,37 @@ mod tests {
         lirs.insert(10, Access::Normal);
         let at = lirs.resident_node(10).unwrap();
         assert_eq!(lirs.nodes[at as usize].status, Status::Lir);
+    }
+
+    #[test]
+    fn with_no_hir_block_a_never_reused_lir_block_goes_before_the_working_set() {
+        // 100 blocks, LIR target 98. A working set of 40 used twice, then
+        // 40 blocks used once: all LIR (the set is still filling), the
+        // working set at the bottom of S. The rest of the cache is held by
+        // guesses the policy does not count, so it has no HIR block to give.
+        let mut lirs = Lirs::new(100);
+        for _ in 0..2 {
+            for key in 0..40 {
+                if lirs.contains(key) {
+                    lirs.touch(key, Access::Normal);
+                } else {
+                    lirs.insert(key, Access::Normal);
+                }
+            }
+        }
+        for key in 100..140 {
+            lirs.insert(key, Access::Normal);
+        }
+        assert_eq!(lirs.q.len, 0);
+        for expected in 100..110 {
+            assert_eq!(lirs.evict(&mut |_| true), Some(expected));
+        }
+        assert!(
+            (0..40).all(|key| lirs.contains(key)),
+            "the working set stays"
+        );
+        // A block used again leaves the unused queue: 110 is now kept.
+        lirs.touch(110, Access::Normal);
+        assert_eq!(lirs.evict(&mut |_| true), Some(111));
     }
 }
