@@ -2,9 +2,9 @@
 //! eviction decided by whichever of them a mini-simulation shows ahead.
 //!
 //! It has the best hit ratios of keel's policies on the benchmark traces
-//! (90–91 of 96 points within a point of the best peer, against 84–85 for
+//! (92 of 96 points within a point of the best peer, against 79–85 for
 //! W-TinyLFU alone). The price is CPU: every access updates three
-//! policies' metadata, about twice W-TinyLFU's cost per hit (0.39 µs
+//! policies' metadata, about twice W-TinyLFU's cost per hit (0.31–0.39 µs
 //! against 0.18 µs on a 64 MiB cache). Sharing one index between the
 //! members (one hash lookup per access instead of three) is the next step.
 //!
