@@ -87,6 +87,8 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         for result in &results {
             println!("{}", serde_json::to_string(result)?);
         }
+    } else if results.is_empty() {
+        println!("no trace replayed (--no-public and --no-synthetic, and no --trace FILE)");
     } else {
         println!(
             "{:<28} {:>9} {:>8} {:>8} {:>12} {:>8}  hot after scan",
