@@ -637,6 +637,109 @@ mod tests {
         assert_eq!(lirs.nodes[at as usize].status, Status::Lir);
     }
 
+    /// Every live node is in exactly the queue its status (and `reused`)
+    /// names, the queues' lengths match, and the counters agree.
+    fn check_invariants(lirs: &Lirs) {
+        let queues = [
+            Queue::Q,
+            Queue::Gone,
+            Queue::UseOnce,
+            Queue::Prefetch,
+            Queue::Unused,
+        ];
+        let mut in_queue = std::collections::HashMap::new();
+        for queue in queues {
+            let ends = match queue {
+                Queue::Q => lirs.q,
+                Queue::Gone => lirs.gone,
+                Queue::UseOnce => lirs.use_once,
+                Queue::Prefetch => lirs.prefetch,
+                Queue::Unused => lirs.unused,
+            };
+            let mut count = 0;
+            let mut at = ends.tail;
+            while at != NIL {
+                count += 1;
+                assert!(
+                    in_queue.insert(at, queue as u8).is_none(),
+                    "node in two queues"
+                );
+                at = lirs.nodes[at as usize].q_prev;
+            }
+            assert_eq!(count, ends.len, "queue {} length", queue as u8);
+        }
+        let (mut lir, mut resident) = (0, 0);
+        for &at in lirs.index.values() {
+            let node = lirs.nodes[at as usize];
+            assert_eq!(
+                in_queue.get(&at).copied(),
+                lirs.queue_of(at).map(|q| q as u8),
+                "block {} ({:?}, reused {})",
+                node.key,
+                node.status,
+                node.reused
+            );
+            lir += usize::from(node.status == Status::Lir);
+            resident += usize::from(node.status != Status::HirGone);
+        }
+        assert_eq!(lir, lirs.lir_count);
+        assert_eq!(resident, lirs.resident);
+        if lirs.s.tail != NIL {
+            assert_eq!(
+                lirs.nodes[lirs.s.tail as usize].status,
+                Status::Lir,
+                "S ends in a LIR block"
+            );
+        }
+    }
+
+    #[test]
+    fn bookkeeping_holds_under_random_operations() {
+        let mut rng = keel_disk::SimRng::new(23);
+        let mut lirs = Lirs::new(50);
+        let mut resident = std::collections::BTreeSet::new();
+        for step in 0..30_000 {
+            let key = rng.below(150);
+            match rng.below(12) {
+                0 => {
+                    lirs.remove(key);
+                    resident.remove(&key);
+                }
+                1 => {
+                    // Another policy's eviction, as when LIRS follows.
+                    lirs.evicted_elsewhere(key);
+                    resident.remove(&key);
+                }
+                2 => lirs.on_lead(),
+                3 => lirs.set_capacity(10 + rng.below(80) as usize),
+                _ => {
+                    if lirs.contains(key) {
+                        let access = [Access::Normal, Access::Normal, Access::UseOnce]
+                            [rng.below(3) as usize];
+                        lirs.touch(key, access);
+                    } else {
+                        let access = [Access::Normal, Access::UseOnce, Access::Prefetch]
+                            [rng.below(3) as usize];
+                        lirs.insert(key, access);
+                        resident.insert(key);
+                    }
+                    while lirs.len() > 50 {
+                        let pinned = rng.below(150);
+                        let victim = if rng.below(4) == 0 {
+                            lirs.evict_for_prefetch(&mut |k| k != pinned)
+                        } else {
+                            lirs.evict(&mut |k| k != pinned)
+                        };
+                        let Some(victim) = victim else { break };
+                        assert!(resident.remove(&victim), "step {step}: evicted {victim}");
+                    }
+                }
+            }
+            check_invariants(&lirs);
+            assert_eq!(lirs.len(), resident.len(), "step {step}");
+        }
+    }
+
     #[test]
     fn with_no_hir_block_a_never_reused_lir_block_goes_before_the_working_set() {
         // 100 blocks, LIR target 98. A working set of 40 used twice, then
