@@ -582,7 +582,7 @@ impl Policy for Lirs {
         // blocks (scan blocks are HIR), and of the oldest LIR blocks that
         // were never used again: the LIR set fills with the first blocks
         // seen, so a long scan from a cold cache would otherwise leave
-        // read-ahead only the 1% HIR slice. Never of a LIR block in use.
+        // read-ahead only the 1% HIR slice. Never of a LIR block used again.
         if let Some(key) = self.evict_first(may_evict) {
             return Some(key);
         }
