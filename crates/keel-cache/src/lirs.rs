@@ -695,7 +695,10 @@ mod tests {
 
     #[test]
     fn bookkeeping_holds_under_random_operations() {
-        let mut rng = keel_disk::SimRng::new(23);
+        // A fixed seed; every failure message names it.
+        const SEED: u64 = 23;
+        println!("seed {SEED} (shown with a failure)");
+        let mut rng = keel_disk::SimRng::new(SEED);
         let mut lirs = Lirs::new(50);
         let mut resident = std::collections::BTreeSet::new();
         for step in 0..30_000 {
@@ -731,12 +734,15 @@ mod tests {
                             lirs.evict(&mut |k| k != pinned)
                         };
                         let Some(victim) = victim else { break };
-                        assert!(resident.remove(&victim), "step {step}: evicted {victim}");
+                        assert!(
+                            resident.remove(&victim),
+                            "seed {SEED}, step {step}: evicted {victim}"
+                        );
                     }
                 }
             }
             check_invariants(&lirs);
-            assert_eq!(lirs.len(), resident.len(), "step {step}");
+            assert_eq!(lirs.len(), resident.len(), "seed {SEED}, step {step}");
         }
     }
 

@@ -1475,7 +1475,9 @@ mod tests {
         // (blocks removed from outside, as a follower's are), then asked
         // to lead: afterwards protected holds the most frequent blocks,
         // then probation, then the window.
-        let mut rng = keel_disk::SimRng::new(11);
+        // A fixed seed; the failure messages name it.
+        const SEED: u64 = 11;
+        let mut rng = keel_disk::SimRng::new(SEED);
         let mut w = WTinyLfu::new(200);
         let mut resident = std::collections::BTreeSet::new();
         for _ in 0..20_000 {
@@ -1519,9 +1521,15 @@ mod tests {
             );
             lowest(&protected) >= highest(&probation) && lowest(&probation) >= highest(&window)
         };
-        assert!(!ordered(&w), "the follower's segments are not by frequency");
+        assert!(
+            !ordered(&w),
+            "seed {SEED}: the follower's segments are not by frequency"
+        );
         w.on_lead();
-        assert!(ordered(&w));
+        assert!(
+            ordered(&w),
+            "seed {SEED}: segments by frequency after on_lead"
+        );
         assert_eq!(w.len(), 200);
         assert_eq!(
             w.segments.lists.lens[PROTECTED as usize],
