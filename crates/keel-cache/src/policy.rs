@@ -725,8 +725,14 @@ impl FrequencySketch {
             table: vec![0u8; lines * 64],
             line_mask: lines as u64 - 1,
             additions: 0,
-            sample_size: SKETCH_RESET_FACTOR * sized_for,
+            sample_size: Self::sample_size_for(capacity),
         }
+    }
+
+    /// Additions between two halvings of every count, for a cache of
+    /// `capacity` blocks (never below [`SKETCH_MIN_BLOCKS`]'s).
+    fn sample_size_for(capacity: usize) -> usize {
+        SKETCH_RESET_FACTOR * capacity.max(SKETCH_MIN_BLOCKS)
     }
 
     /// The four counter positions of `key`.
@@ -1210,7 +1216,8 @@ impl Policy for WTinyLfu {
         if blocks > self.segments.capacity * 2 || blocks * 2 < self.segments.capacity {
             self.sketch = FrequencySketch::new(blocks);
         } else {
-            self.sketch.sample_size = SKETCH_RESET_FACTOR * blocks;
+            // The same period a new sketch for this size would have.
+            self.sketch.sample_size = FrequencySketch::sample_size_for(blocks);
         }
         self.segments.capacity = blocks;
         let fraction = self.shadows[self.current].fraction;
@@ -1399,6 +1406,21 @@ mod tests {
         let mut lru = Lru::new(3);
         simulate(&mut lru, 3, &[1, 2, 3, 1, 4]);
         assert!(lru.contains(1) && !lru.contains(2) && lru.contains(3) && lru.contains(4));
+    }
+
+    #[test]
+    fn a_resized_sketch_ages_like_a_new_one() {
+        // A small resize keeps the counts but must take the new size's
+        // aging period, floor included.
+        for (from, to) in [(20, 12), (12, 20), (100, 150), (150, 100)] {
+            let mut resized = WTinyLfu::new(from);
+            resized.set_capacity(to);
+            assert_eq!(
+                resized.sketch.sample_size,
+                WTinyLfu::new(to).sketch.sample_size,
+                "{from} -> {to} blocks"
+            );
+        }
     }
 
     #[test]
