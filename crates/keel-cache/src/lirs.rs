@@ -36,9 +36,8 @@
 //! Like every policy, LIRS keeps used-once and prefetched blocks apart and
 //! gives them up first ([`crate::policy`]).
 
+use crate::links::{Ends, Link, Linked, NIL};
 use crate::policy::{prefetch_reserve, Access, BlockMap, Policy};
-
-const NIL: u32 = u32::MAX;
 
 /// Status of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,12 +57,10 @@ enum Status {
 struct Node {
     key: u64,
     /// Links in the stack S (when `in_s`).
-    s_prev: u32,
-    s_next: u32,
+    s: Link,
     /// Links in the node's queue: Q for resident HIR blocks, the
     /// non-resident list for gone ones, the use-once or prefetch list.
-    q_prev: u32,
-    q_next: u32,
+    q: Link,
     status: Status,
     in_s: bool,
     /// Used again since it last entered the cache (read-ahead never takes
@@ -71,20 +68,19 @@ struct Node {
     reused: bool,
 }
 
-/// A doubly-linked list threaded through one pair of node links. `head` is
-/// the newest end.
-#[derive(Clone, Copy, Debug)]
-struct Ends {
-    head: u32,
-    tail: u32,
-    len: usize,
-}
+/// The kinds of list a node is on (its [`Link`]s).
+const IN_S: usize = 0;
+const IN_QUEUE: usize = 1;
 
-const EMPTY: Ends = Ends {
-    head: NIL,
-    tail: NIL,
-    len: 0,
-};
+impl Linked for Node {
+    fn link(&mut self, kind: usize) -> &mut Link {
+        if kind == IN_S {
+            &mut self.s
+        } else {
+            &mut self.q
+        }
+    }
+}
 
 /// Non-resident HIR entries kept, as a multiple of the capacity.
 pub const NON_RESIDENT_FACTOR: usize = 2;
@@ -129,12 +125,12 @@ impl Lirs {
             nodes: Vec::new(),
             free: Vec::new(),
             index: BlockMap::default(),
-            s: EMPTY,
-            q: EMPTY,
-            gone: EMPTY,
-            use_once: EMPTY,
-            prefetch: EMPTY,
-            unused: EMPTY,
+            s: Ends::EMPTY,
+            q: Ends::EMPTY,
+            gone: Ends::EMPTY,
+            use_once: Ends::EMPTY,
+            prefetch: Ends::EMPTY,
+            unused: Ends::EMPTY,
             capacity: capacity.max(1),
             lir_count: 0,
             resident: 0,
@@ -152,13 +148,19 @@ impl Lirs {
     }
 
     fn queue(&mut self, queue: Queue) -> &mut Ends {
-        match queue {
+        self.queue_and_nodes(queue).0
+    }
+
+    /// A queue's ends together with the nodes it threads through.
+    fn queue_and_nodes(&mut self, queue: Queue) -> (&mut Ends, &mut [Node]) {
+        let ends = match queue {
             Queue::Q => &mut self.q,
             Queue::Gone => &mut self.gone,
             Queue::UseOnce => &mut self.use_once,
             Queue::Prefetch => &mut self.prefetch,
             Queue::Unused => &mut self.unused,
-        }
+        };
+        (ends, &mut self.nodes)
     }
 
     /// The queue node `at` is in, by its status (and, for a LIR block,
@@ -178,36 +180,13 @@ impl Lirs {
     // --- stack S ---------------------------------------------------------
 
     fn s_push_top(&mut self, at: u32) {
-        let head = self.s.head;
-        {
-            let node = &mut self.nodes[at as usize];
-            node.s_prev = NIL;
-            node.s_next = head;
-            node.in_s = true;
-        }
-        if head != NIL {
-            self.nodes[head as usize].s_prev = at;
-        } else {
-            self.s.tail = at;
-        }
-        self.s.head = at;
-        self.s.len += 1;
+        self.s.push_head(&mut self.nodes, at, IN_S);
+        self.nodes[at as usize].in_s = true;
     }
 
     fn s_unlink(&mut self, at: u32) {
-        let Node { s_prev, s_next, .. } = self.nodes[at as usize];
-        if s_prev != NIL {
-            self.nodes[s_prev as usize].s_next = s_next;
-        } else {
-            self.s.head = s_next;
-        }
-        if s_next != NIL {
-            self.nodes[s_next as usize].s_prev = s_prev;
-        } else {
-            self.s.tail = s_prev;
-        }
+        self.s.unlink(&mut self.nodes, at, IN_S);
         self.nodes[at as usize].in_s = false;
-        self.s.len -= 1;
     }
 
     fn s_to_top(&mut self, at: u32) {
@@ -220,39 +199,13 @@ impl Lirs {
     // --- the queues ------------------------------------------------------
 
     fn q_push(&mut self, at: u32, queue: Queue) {
-        let head = self.queue(queue).head;
-        {
-            let node = &mut self.nodes[at as usize];
-            node.q_prev = NIL;
-            node.q_next = head;
-        }
-        if head != NIL {
-            self.nodes[head as usize].q_prev = at;
-        }
-        let ends = self.queue(queue);
-        if head == NIL {
-            ends.tail = at;
-        }
-        ends.head = at;
-        ends.len += 1;
+        let (ends, nodes) = self.queue_and_nodes(queue);
+        ends.push_head(nodes, at, IN_QUEUE);
     }
 
     fn q_unlink(&mut self, at: u32, queue: Queue) {
-        let Node { q_prev, q_next, .. } = self.nodes[at as usize];
-        if q_prev != NIL {
-            self.nodes[q_prev as usize].q_next = q_next;
-        }
-        if q_next != NIL {
-            self.nodes[q_next as usize].q_prev = q_prev;
-        }
-        let ends = self.queue(queue);
-        if q_prev == NIL {
-            ends.head = q_next;
-        }
-        if q_next == NIL {
-            ends.tail = q_prev;
-        }
-        ends.len -= 1;
+        let (ends, nodes) = self.queue_and_nodes(queue);
+        ends.unlink(nodes, at, IN_QUEUE);
     }
 
     /// Takes a node off whatever queue its status puts it on.
@@ -283,10 +236,8 @@ impl Lirs {
     fn new_node(&mut self, key: u64) -> u32 {
         let node = Node {
             key,
-            s_prev: NIL,
-            s_next: NIL,
-            q_prev: NIL,
-            q_next: NIL,
+            s: Link::NONE,
+            q: Link::NONE,
             // Every caller sets the real status next, through `set_status`.
             status: Status::HirGone,
             in_s: false,
@@ -664,7 +615,7 @@ mod tests {
                     in_queue.insert(at, queue as u8).is_none(),
                     "node in two queues"
                 );
-                at = lirs.nodes[at as usize].q_prev;
+                at = lirs.nodes[at as usize].q.prev;
             }
             assert_eq!(count, ends.len, "queue {} length", queue as u8);
         }

@@ -180,16 +180,21 @@ impl Hasher for BlockHasher {
 /// A `HashMap` keyed by block number with [`BlockHasher`].
 pub type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
 
-const NIL: u32 = u32::MAX;
+use crate::links::{Ends, Link, Linked, NIL};
 
 #[derive(Clone, Copy)]
 struct Node {
     key: u64,
-    prev: u32,
-    next: u32,
+    link: Link,
     list: u8,
     /// Accesses since insertion (S3-FIFO), capped at 3.
     freq: u8,
+}
+
+impl Linked for Node {
+    fn link(&mut self, _kind: usize) -> &mut Link {
+        &mut self.link
+    }
 }
 
 /// Doubly-linked lists of nodes in one slab, indexed by `u32`, with a map
@@ -197,9 +202,7 @@ struct Node {
 struct Lists<const N: usize> {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    heads: [u32; N],
-    tails: [u32; N],
-    lens: [usize; N],
+    ends: [Ends; N],
     index: BlockMap<u32>,
 }
 
@@ -208,9 +211,7 @@ impl<const N: usize> Lists<N> {
         Lists {
             nodes: Vec::new(),
             free: Vec::new(),
-            heads: [NIL; N],
-            tails: [NIL; N],
-            lens: [0; N],
+            ends: [Ends::EMPTY; N],
             index: BlockMap::default(),
         }
     }
@@ -226,8 +227,7 @@ impl<const N: usize> Lists<N> {
     fn push_head(&mut self, key: u64, list: u8, freq: u8) -> u32 {
         let node = Node {
             key,
-            prev: NIL,
-            next: NIL,
+            link: Link::NONE,
             list,
             freq,
         };
@@ -248,39 +248,13 @@ impl<const N: usize> Lists<N> {
     }
 
     fn link_head(&mut self, at: u32, list: u8) {
-        let l = list as usize;
-        let old_head = self.heads[l];
-        {
-            let node = &mut self.nodes[at as usize];
-            node.list = list;
-            node.prev = NIL;
-            node.next = old_head;
-        }
-        if old_head != NIL {
-            self.nodes[old_head as usize].prev = at;
-        } else {
-            self.tails[l] = at;
-        }
-        self.heads[l] = at;
-        self.lens[l] += 1;
+        self.nodes[at as usize].list = list;
+        self.ends[list as usize].push_head(&mut self.nodes, at, 0);
     }
 
     fn unlink(&mut self, at: u32) {
-        let Node {
-            prev, next, list, ..
-        } = self.nodes[at as usize];
-        let l = list as usize;
-        if prev != NIL {
-            self.nodes[prev as usize].next = next;
-        } else {
-            self.heads[l] = next;
-        }
-        if next != NIL {
-            self.nodes[next as usize].prev = prev;
-        } else {
-            self.tails[l] = prev;
-        }
-        self.lens[l] -= 1;
+        let list = self.nodes[at as usize].list;
+        self.ends[list as usize].unlink(&mut self.nodes, at, 0);
     }
 
     /// Moves a node to the head of `list`.
@@ -298,14 +272,13 @@ impl<const N: usize> Lists<N> {
     }
 
     fn tail(&self, list: u8) -> Option<u32> {
-        let t = self.tails[list as usize];
-        (t != NIL).then_some(t)
+        self.ends[list as usize].tail()
     }
 
     /// Evicts the oldest evictable block of `list`, looking at each block
     /// of the list at most once.
     fn evict_tail(&mut self, list: u8, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
-        let mut budget = self.lens[list as usize];
+        let mut budget = self.ends[list as usize].len;
         while budget > 0 {
             budget -= 1;
             let at = self.tail(list)?;
@@ -331,7 +304,7 @@ impl<const N: usize> Lists<N> {
         if let Some(key) = self.evict_tail(COLD, may_evict) {
             return Some(key);
         }
-        if self.lens[prefetch_list as usize] > reserve {
+        if self.ends[prefetch_list as usize].len > reserve {
             return self.evict_tail(prefetch_list, may_evict);
         }
         None
@@ -670,8 +643,8 @@ impl S3Fifo {
         let mut budget = (self.lists.len() + 1) * (MAX_FREQ as usize + 3);
         while budget > 0 {
             budget -= 1;
-            let small_len = self.lists.lens[SMALL as usize];
-            let main_len = self.lists.lens[MAIN as usize];
+            let small_len = self.lists.ends[SMALL as usize].len;
+            let main_len = self.lists.ends[MAIN as usize].len;
             let from_small = small_len > 0 && (small_len >= self.small_target() || main_len == 0);
             let step = if from_small {
                 self.evict_small(may_evict)
@@ -831,11 +804,11 @@ impl Segments {
         // Oldest first: the window's blocks, then probation's, then
         // protected's, each from its tail.
         for list in [WINDOW, PROBATION, PROTECTED] {
-            let mut at = self.lists.tails[list as usize];
+            let mut at = self.lists.ends[list as usize].tail;
             while at != NIL {
                 let node = self.lists.nodes[at as usize];
                 by_frequency[sketch.frequency(node.key).min(15) as usize].push(at);
-                at = node.prev;
+                at = node.link.prev;
             }
         }
         let protected = self.protected_target();
@@ -855,7 +828,7 @@ impl Segments {
     }
 
     fn main_len(&self) -> usize {
-        self.lists.lens[PROBATION as usize] + self.lists.lens[PROTECTED as usize]
+        self.lists.ends[PROBATION as usize].len + self.lists.ends[PROTECTED as usize].len
     }
 
     /// A victim to make room for a prefetched block, which has no
@@ -876,20 +849,20 @@ impl Segments {
         }
         // The window's overflow first (its oldest blocks are the next
         // candidates anyway), then probation, then what the window keeps.
-        let window_over = self.lists.lens[WINDOW as usize] > self.window_target;
+        let window_over = self.lists.ends[WINDOW as usize].len > self.window_target;
         let order: [u8; 2] = if window_over || self.main_len() == 0 {
             [WINDOW, PROBATION]
         } else {
             [PROBATION, WINDOW]
         };
         for list in order {
-            let mut at = self.lists.tails[list as usize];
+            let mut at = self.lists.ends[list as usize].tail;
             let mut looked = 0;
             while at != NIL && looked < PREFETCH_VICTIM_SEARCH {
                 looked += 1;
                 let Node {
                     key,
-                    prev,
+                    link: Link { prev, .. },
                     freq: reused,
                     ..
                 } = self.lists.nodes[at as usize];
@@ -913,7 +886,7 @@ impl Segments {
             COLD | WINDOW | W_PREFETCH => self.lists.move_to_head(at, WINDOW),
             PROBATION => {
                 self.lists.move_to_head(at, PROTECTED);
-                while self.lists.lens[PROTECTED as usize] > self.protected_target() {
+                while self.lists.ends[PROTECTED as usize].len > self.protected_target() {
                     let Some(tail) = self.lists.tail(PROTECTED) else {
                         break;
                     };
@@ -929,7 +902,7 @@ impl Segments {
     /// used again before the cache first fills reach the protected segment.
     fn admit_new(&mut self, key: u64) {
         self.lists.push_head(key, WINDOW, 0);
-        while self.lists.lens[WINDOW as usize] > self.window_target
+        while self.lists.ends[WINDOW as usize].len > self.window_target
             && self.main_len() < self.main_target()
         {
             let Some(tail) = self.lists.tail(WINDOW) else {
@@ -968,7 +941,7 @@ impl Segments {
         let mut skipped_candidates = 0;
         while budget > 0 {
             budget -= 1;
-            let window_len = self.lists.lens[WINDOW as usize];
+            let window_len = self.lists.ends[WINDOW as usize].len;
             let window_over = window_len > self.window_target;
             let main_over = self.main_len() > self.main_target();
             // Neither area over its share happens when blocks outside both
@@ -1313,7 +1286,7 @@ impl ArcReference {
     }
 
     fn len_of(&self, list: u8) -> usize {
-        self.lists.lens[list as usize]
+        self.lists.ends[list as usize].len
     }
 
     fn replace(&mut self, in_b2: bool) {
@@ -1526,10 +1499,10 @@ mod tests {
         }
         let frequencies = |w: &WTinyLfu, list: u8| -> Vec<u8> {
             let mut out = Vec::new();
-            let mut at = w.segments.lists.heads[list as usize];
+            let mut at = w.segments.lists.ends[list as usize].head;
             while at != NIL {
                 out.push(w.sketch.frequency(w.segments.lists.nodes[at as usize].key));
-                at = w.segments.lists.nodes[at as usize].next;
+                at = w.segments.lists.nodes[at as usize].link.next;
             }
             out
         };
@@ -1554,7 +1527,7 @@ mod tests {
         );
         assert_eq!(w.len(), 200);
         assert_eq!(
-            w.segments.lists.lens[PROTECTED as usize],
+            w.segments.lists.ends[PROTECTED as usize].len,
             w.segments.protected_target()
         );
         let protected = frequencies(&w, PROTECTED);
