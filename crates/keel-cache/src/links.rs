@@ -29,6 +29,21 @@ pub(crate) trait Linked {
     fn link(&mut self, kind: usize) -> &mut Link;
 }
 
+/// Stores `node` in the slab, in a freed slot if there is one, and returns
+/// its index.
+pub(crate) fn slab_insert<T>(nodes: &mut Vec<T>, free: &mut Vec<u32>, node: T) -> u32 {
+    match free.pop() {
+        Some(at) => {
+            nodes[at as usize] = node;
+            at
+        }
+        None => {
+            nodes.push(node);
+            (nodes.len() - 1) as u32
+        }
+    }
+}
+
 /// One list: its two ends and its length.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ends {

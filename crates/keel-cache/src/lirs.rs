@@ -36,7 +36,7 @@
 //! Like every policy, LIRS keeps used-once and prefetched blocks apart and
 //! gives them up first ([`crate::policy`]).
 
-use crate::links::{Ends, Link, Linked, NIL};
+use crate::links::{slab_insert, Ends, Link, Linked, NIL};
 use crate::policy::{prefetch_reserve, Access, BlockMap, Policy};
 
 /// Status of a node.
@@ -243,16 +243,7 @@ impl Lirs {
             in_s: false,
             reused: false,
         };
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.nodes[at as usize] = node;
-                at
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        };
+        let at = slab_insert(&mut self.nodes, &mut self.free, node);
         self.index.insert(key, at);
         // A new node starts as a gone entry, so that `set_status` moves it
         // like any other node.

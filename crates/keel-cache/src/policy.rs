@@ -180,7 +180,7 @@ impl Hasher for BlockHasher {
 /// A `HashMap` keyed by block number with [`BlockHasher`].
 pub type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
 
-use crate::links::{Ends, Link, Linked, NIL};
+use crate::links::{slab_insert, Ends, Link, Linked, NIL};
 
 #[derive(Clone, Copy)]
 struct Node {
@@ -231,16 +231,7 @@ impl<const N: usize> Lists<N> {
             list,
             freq,
         };
-        let at = match self.free.pop() {
-            Some(at) => {
-                self.nodes[at as usize] = node;
-                at
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        };
+        let at = slab_insert(&mut self.nodes, &mut self.free, node);
         let previous = self.index.insert(key, at);
         assert!(previous.is_none(), "block {key} inserted twice");
         self.link_head(at, list);
