@@ -34,11 +34,9 @@ fn run_one(seed: u64, threads: u64, crash: bool) {
     let disk = Arc::new(SimDisk::new("model", BS, BLOCKS, rng.next_u64()));
     let config = CacheConfig {
         capacity_bytes: (4 + rng.below(40)) * BS as u64,
-        policy: if rng.coin() {
-            PolicyKind::S3Fifo
-        } else {
-            PolicyKind::Lru
-        },
+        // Every policy, the default included: eviction decides what may
+        // leave (pinned, dirty and held-back blocks may not).
+        policy: PolicyKind::ALL[rng.below(PolicyKind::ALL.len() as u64) as usize],
         shards: 1 + rng.below(4) as usize,
         background_flusher: rng.coin(),
         flush_interval: Duration::from_millis(1 + rng.below(5)),
