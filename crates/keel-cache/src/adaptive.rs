@@ -55,8 +55,9 @@
 //! has the same exposure once its window has grown to the whole cache. A
 //! reader that knows it scans should say so with the use-once hint.
 
+use crate::links::NIL;
 use crate::lirs::Lirs;
-use crate::policy::{Access, Guesses, Lru, Policy, WTinyLfu};
+use crate::policy::{Access, Guesses, Hint, Lru, Policy, WTinyLfu};
 
 /// Blocks simulated by each shadow at most.
 const SHADOW_BLOCKS: usize = 128;
@@ -71,6 +72,10 @@ const SWITCH_MARGIN_HITS: f64 = 1.0;
 
 /// The members, in the order of [`members`].
 const MEMBERS: usize = 3;
+const _: () = assert!(
+    MEMBERS <= Hint::NONE.0.len(),
+    "a hint has a slot per member"
+);
 const LIRS: usize = 1;
 
 fn members(capacity: usize) -> [Box<dyn Policy>; MEMBERS] {
@@ -227,6 +232,21 @@ impl Policy for Adaptive {
         }
         for member in self.members.iter_mut() {
             member.touch(key, access);
+        }
+        if access == Access::Normal {
+            self.simulate(key);
+        }
+    }
+    fn touch_hinted(&mut self, key: u64, access: Access, hint: &mut Hint) {
+        if self.guesses.contains(key) {
+            self.touch(key, access);
+            return;
+        }
+        // Each member keeps its own slot of the hint.
+        for (member, slot) in self.members.iter_mut().zip(hint.0.iter_mut()) {
+            let mut own = Hint([*slot, NIL, NIL]);
+            member.touch_hinted(key, access, &mut own);
+            *slot = own.0[0];
         }
         if access == Access::Normal {
             self.simulate(key);

@@ -34,7 +34,7 @@ use parking_lot::lock_api::{
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{CacheError, Result};
-use crate::policy::{Access, BlockHasher, BlockMap, Policy, PolicyKind};
+use crate::policy::{Access, BlockHasher, BlockMap, Hint, Policy, PolicyKind};
 use crate::readahead::{CacheView, ReadAhead, ReadAheadConfig};
 
 /// How the cache is built. [`CacheConfig::default`] gives 64 MiB, the
@@ -151,6 +151,23 @@ struct Frame {
     prefetched: AtomicBool,
 }
 
+/// A resident block in a shard's map: its frame, and the policy's [`Hint`]
+/// for it. The hint sits beside the frame pointer that a hit reads anyway,
+/// so it spares the policy its own index lookups.
+struct Entry {
+    frame: Arc<Frame>,
+    hint: Hint,
+}
+
+impl Entry {
+    fn new(frame: Arc<Frame>) -> Entry {
+        Entry {
+            frame,
+            hint: Hint::NONE,
+        }
+    }
+}
+
 impl Frame {
     fn new(bytes: Box<[u8]>, state: u8, prefetched: bool) -> Arc<Frame> {
         Arc::new(Frame {
@@ -245,7 +262,7 @@ impl Drop for FrameReadLock {
 }
 
 struct ShardInner {
-    map: BlockMap<Arc<Frame>>,
+    map: BlockMap<Entry>,
     policy: Box<dyn Policy>,
     capacity: usize,
     /// Dirty blocks, each with the journal position that must be durable
@@ -660,8 +677,10 @@ impl Cache {
         let mut evicted = Vec::new();
         let result = {
             let mut inner = shard.inner.lock();
-            if let Some(frame) = inner.map.get(&block) {
-                let frame = frame.clone();
+            let ShardInner { map, policy, .. } = &mut *inner;
+            if let Some(entry) = map.get_mut(&block) {
+                let frame = entry.frame.clone();
+                policy.touch_hinted(block, access, &mut entry.hint);
                 // Load first: the common case writes nothing to the frame.
                 let first_use = frame.prefetched.load(Ordering::Relaxed)
                     && frame.prefetched.swap(false, Ordering::Relaxed);
@@ -669,13 +688,12 @@ impl Cache {
                     inner.prefetch_hits += 1;
                 }
                 inner.hits += 1;
-                inner.policy.touch(block, access);
                 (frame, None, first_use)
             } else {
                 let frame = self.new_frame(LOADING, false);
                 // A fresh lock: taking it cannot wait.
                 let guard = FrameWriteLock::lock(frame.clone());
-                inner.map.insert(block, frame.clone());
+                inner.map.insert(block, Entry::new(frame.clone()));
                 inner.misses += 1;
                 inner.policy.insert(block, access);
                 self.evict_over_capacity(&mut inner, &mut evicted);
@@ -744,7 +762,7 @@ impl Cache {
         if inner
             .map
             .get(&block)
-            .is_some_and(|resident| Arc::ptr_eq(resident, frame))
+            .is_some_and(|resident| Arc::ptr_eq(&resident.frame, frame))
         {
             inner.map.remove(&block);
             inner.policy.remove(block);
@@ -774,9 +792,9 @@ impl Cache {
                 map, policy, dirty, ..
             } = inner;
             let mut may_evict = |key| {
-                map.get(&key).is_some_and(|frame| {
-                    Arc::strong_count(frame) == 1
-                        && frame.state.load(Ordering::Acquire) == READY
+                map.get(&key).is_some_and(|entry| {
+                    Arc::strong_count(&entry.frame) == 1
+                        && entry.frame.state.load(Ordering::Acquire) == READY
                         && !dirty.contains_key(&key)
                 })
             };
@@ -790,7 +808,8 @@ impl Cache {
             };
             let frame = map
                 .remove(&victim)
-                .expect("the policy only names resident blocks");
+                .expect("the policy only names resident blocks")
+                .frame;
             if frame.prefetched.load(Ordering::Relaxed) {
                 counters.prefetch_waste.fetch_add(1, Ordering::Relaxed);
             }
@@ -819,13 +838,14 @@ impl Cache {
         let frame = {
             let mut evicted = Vec::new();
             let mut inner = shard.inner.lock();
-            let frame = match inner.map.get(&block) {
-                Some(frame) => {
-                    let frame = frame.clone();
+            let ShardInner { map, policy, .. } = &mut *inner;
+            let frame = match map.get_mut(&block) {
+                Some(entry) => {
+                    policy.touch_hinted(block, Access::Normal, &mut entry.hint);
+                    let frame = entry.frame.clone();
                     if frame.prefetched.swap(false, Ordering::Relaxed) {
                         inner.prefetch_hits += 1;
                     }
-                    inner.policy.touch(block, Access::Normal);
                     Some(frame)
                 }
                 None => {
@@ -834,7 +854,7 @@ impl Cache {
                     let frame = self.new_frame(READY, false);
                     // Not visible yet: the lock is free.
                     frame.data.write().copy_from_slice(data);
-                    inner.map.insert(block, frame);
+                    inner.map.insert(block, Entry::new(frame));
                     inner.policy.insert(block, Access::Normal);
                     self.mark_dirty_locked(&mut inner, block, lsn);
                     self.evict_over_capacity(&mut inner, &mut evicted);
@@ -983,8 +1003,8 @@ impl Cache {
             let inner = shard.inner.lock();
             for (&block, &lsn) in inner.dirty.iter() {
                 if lsn <= durable {
-                    if let Some(frame) = inner.map.get(&block) {
-                        candidates.push((block, frame.clone()));
+                    if let Some(entry) = inner.map.get(&block) {
+                        candidates.push((block, entry.frame.clone()));
                     }
                 }
             }
@@ -1255,7 +1275,7 @@ impl Cache {
                 let frame = self.reuse_or_allocate(frames.pop(), LOADING, true);
                 // A fresh lock: taking it cannot wait.
                 let lock = FrameWriteLock::lock(frame.clone());
-                inner.map.insert(block, frame);
+                inner.map.insert(block, Entry::new(frame));
                 inner.policy.insert(block, Access::Prefetch);
                 slots[offset] = Some(lock);
             }

@@ -37,7 +37,7 @@
 //! gives them up first ([`crate::policy`]).
 
 use crate::links::{slab_insert, Ends, Link, Linked, NIL};
-use crate::policy::{prefetch_reserve, Access, BlockMap, Policy};
+use crate::policy::{prefetch_reserve, Access, BlockMap, Hint, Policy};
 
 /// Status of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +260,8 @@ impl Lirs {
             self.s_unlink(at);
         }
         let key = self.nodes[at as usize].key;
+        // A free node is never resident (see `resolve`).
+        self.nodes[at as usize].status = Status::HirGone;
         self.index.remove(&key);
         self.free.push(at);
     }
@@ -373,35 +375,8 @@ impl Lirs {
         let at = *self.index.get(&key)?;
         (self.nodes[at as usize].status != Status::HirGone).then_some(at)
     }
-}
 
-impl Policy for Lirs {
-    fn name(&self) -> &'static str {
-        "lirs"
-    }
-    fn set_capacity(&mut self, blocks: usize) {
-        self.capacity = blocks.max(1);
-        // A smaller LIR target: the oldest LIR blocks become HIR, so that
-        // eviction (which takes HIR blocks) can shrink the cache.
-        while self.lir_count > self.lir_target() {
-            let before = self.lir_count;
-            self.demote_bottom_lir();
-            if self.lir_count == before {
-                break;
-            }
-        }
-        self.limit_gone();
-    }
-    fn len(&self) -> usize {
-        self.resident
-    }
-    fn contains(&self, key: u64) -> bool {
-        self.resident_node(key).is_some()
-    }
-    fn touch(&mut self, key: u64, access: Access) {
-        let Some(at) = self.resident_node(key) else {
-            return;
-        };
+    fn touch_node(&mut self, at: u32, access: Access) {
         let status = self.nodes[at as usize].status;
         match access {
             Access::Normal => match status {
@@ -430,6 +405,55 @@ impl Policy for Lirs {
                 }
             }
             Access::Prefetch => {}
+        }
+    }
+
+    /// The node of resident `key`: `*hint` if that node still is it (one
+    /// slab read instead of an index lookup), else the index's answer, which
+    /// becomes the new hint.
+    fn resolve(&self, key: u64, hint: &mut u32) -> Option<u32> {
+        if let Some(node) = self.nodes.get(*hint as usize) {
+            if node.key == key && node.status != Status::HirGone {
+                return Some(*hint);
+            }
+        }
+        let at = self.resident_node(key)?;
+        *hint = at;
+        Some(at)
+    }
+}
+
+impl Policy for Lirs {
+    fn name(&self) -> &'static str {
+        "lirs"
+    }
+    fn set_capacity(&mut self, blocks: usize) {
+        self.capacity = blocks.max(1);
+        // A smaller LIR target: the oldest LIR blocks become HIR, so that
+        // eviction (which takes HIR blocks) can shrink the cache.
+        while self.lir_count > self.lir_target() {
+            let before = self.lir_count;
+            self.demote_bottom_lir();
+            if self.lir_count == before {
+                break;
+            }
+        }
+        self.limit_gone();
+    }
+    fn len(&self) -> usize {
+        self.resident
+    }
+    fn contains(&self, key: u64) -> bool {
+        self.resident_node(key).is_some()
+    }
+    fn touch(&mut self, key: u64, access: Access) {
+        if let Some(at) = self.resident_node(key) {
+            self.touch_node(at, access);
+        }
+    }
+    fn touch_hinted(&mut self, key: u64, access: Access, hint: &mut Hint) {
+        if let Some(at) = self.resolve(key, &mut hint.0[0]) {
+            self.touch_node(at, access);
         }
     }
     fn insert(&mut self, key: u64, access: Access) {

@@ -60,6 +60,21 @@ pub enum Access {
     Prefetch,
 }
 
+/// Where a policy last found a resident block's metadata, kept by the
+/// caller beside the block (the cache keeps it in the block's map entry) and
+/// handed back with the next hit, so that a hit can skip the policy's index
+/// lookup. Only ever a hint: a policy checks it against the block number
+/// before use and looks the block up when it is stale, so a wrong hint
+/// costs a lookup and never a wrong answer. One slot per member of a
+/// policy made of several ([`crate::adaptive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hint(pub [u32; 3]);
+
+impl Hint {
+    /// No hint: the first hit looks the block up.
+    pub const NONE: Hint = Hint([NIL; 3]);
+}
+
 /// A replacement policy over block numbers. See the module documentation.
 pub trait Policy: Send {
     /// Short name, as printed by the benchmark.
@@ -77,6 +92,12 @@ pub trait Policy: Send {
     fn contains(&self, key: u64) -> bool;
     /// A hit on a resident block.
     fn touch(&mut self, key: u64, access: Access);
+    /// [`Policy::touch`] with the block's [`Hint`], which the policy checks,
+    /// uses and updates. By default the hint is ignored.
+    fn touch_hinted(&mut self, key: u64, access: Access, hint: &mut Hint) {
+        let _ = hint;
+        self.touch(key, access);
+    }
     /// A new resident block (`key` must not be resident).
     fn insert(&mut self, key: u64, access: Access);
     /// Forgets a resident block without counting it as an eviction (a load
@@ -224,6 +245,20 @@ impl<const N: usize> Lists<N> {
         self.index.get(&key).copied()
     }
 
+    /// The node of `key`: `*hint` if that node still holds `key` (one slab
+    /// read instead of an index lookup), else the index's answer, which
+    /// becomes the new hint.
+    fn resolve(&self, key: u64, hint: &mut u32) -> Option<u32> {
+        if let Some(node) = self.nodes.get(*hint as usize) {
+            if node.key == key && node.list != FREE {
+                return Some(*hint);
+            }
+        }
+        let at = self.get(key)?;
+        *hint = at;
+        Some(at)
+    }
+
     fn push_head(&mut self, key: u64, list: u8, freq: u8) -> u32 {
         let node = Node {
             key,
@@ -257,6 +292,7 @@ impl<const N: usize> Lists<N> {
     fn remove(&mut self, at: u32) -> u64 {
         self.unlink(at);
         let key = self.nodes[at as usize].key;
+        self.nodes[at as usize].list = FREE;
         self.index.remove(&key);
         self.free.push(at);
         key
@@ -304,6 +340,8 @@ impl<const N: usize> Lists<N> {
 
 /// Blocks read with the use-once hint: evicted before anything else.
 const COLD: u8 = 0;
+/// The `list` of a node on the free list: no list.
+const FREE: u8 = u8::MAX;
 
 const GUESS_PREFETCH: u8 = 1;
 
@@ -403,6 +441,20 @@ impl Lru {
             capacity,
         }
     }
+
+    fn touch_node(&mut self, at: u32, access: Access) {
+        match access {
+            Access::Normal => self.lists.move_to_head(at, LRU_MAIN),
+            // A use-once hit leaves the block where it is: it must not
+            // displace blocks that will be used again.
+            Access::UseOnce => {
+                if self.lists.nodes[at as usize].list == LRU_PREFETCH {
+                    self.lists.move_to_head(at, COLD);
+                }
+            }
+            Access::Prefetch => {}
+        }
+    }
 }
 
 impl Policy for Lru {
@@ -420,17 +472,12 @@ impl Policy for Lru {
     }
     fn touch(&mut self, key: u64, access: Access) {
         if let Some(at) = self.lists.get(key) {
-            match access {
-                Access::Normal => self.lists.move_to_head(at, LRU_MAIN),
-                // A use-once hit leaves the block where it is: it must not
-                // displace blocks that will be used again.
-                Access::UseOnce => {
-                    if self.lists.nodes[at as usize].list == LRU_PREFETCH {
-                        self.lists.move_to_head(at, COLD);
-                    }
-                }
-                Access::Prefetch => {}
-            }
+            self.touch_node(at, access);
+        }
+    }
+    fn touch_hinted(&mut self, key: u64, access: Access, hint: &mut Hint) {
+        if let Some(at) = self.lists.resolve(key, &mut hint.0[0]) {
+            self.touch_node(at, access);
         }
     }
     fn insert(&mut self, key: u64, access: Access) {
@@ -1079,6 +1126,26 @@ pub struct WTinyLfu {
 }
 
 impl WTinyLfu {
+    fn touch_node(&mut self, key: u64, at: u32, access: Access) {
+        let prefetched = self.segments.lists.nodes[at as usize].list == W_PREFETCH;
+        if access != Access::Normal {
+            if access == Access::UseOnce && prefetched {
+                self.segments.lists.move_to_head(at, COLD);
+            }
+            return;
+        }
+        if prefetched {
+            // The first real use of a block read ahead is its first access:
+            // it enters as a miss would have (window, one count).
+            self.segments.lists.remove(at);
+            self.insert(key, Access::Normal);
+            return;
+        }
+        self.sketch.increment(key);
+        self.segments.hit(at);
+        self.simulate(key);
+    }
+
     pub fn new(capacity: usize) -> WTinyLfu {
         let capacity = capacity.max(1);
         let mut policy = WTinyLfu {
@@ -1199,26 +1266,14 @@ impl Policy for WTinyLfu {
         self.segments.lists.get(key).is_some()
     }
     fn touch(&mut self, key: u64, access: Access) {
-        let Some(at) = self.segments.lists.get(key) else {
-            return;
-        };
-        let prefetched = self.segments.lists.nodes[at as usize].list == W_PREFETCH;
-        if access != Access::Normal {
-            if access == Access::UseOnce && prefetched {
-                self.segments.lists.move_to_head(at, COLD);
-            }
-            return;
+        if let Some(at) = self.segments.lists.get(key) {
+            self.touch_node(key, at, access);
         }
-        if prefetched {
-            // The first real use of a block read ahead is its first access:
-            // it enters as a miss would have (window, one count).
-            self.segments.lists.remove(at);
-            self.insert(key, Access::Normal);
-            return;
+    }
+    fn touch_hinted(&mut self, key: u64, access: Access, hint: &mut Hint) {
+        if let Some(at) = self.segments.lists.resolve(key, &mut hint.0[0]) {
+            self.touch_node(key, at, access);
         }
-        self.sketch.increment(key);
-        self.segments.hit(at);
-        self.simulate(key);
     }
     fn insert(&mut self, key: u64, access: Access) {
         match access {
@@ -1526,6 +1581,82 @@ mod tests {
             protected.windows(2).all(|pair| pair[0] >= pair[1]),
             "most frequent at the head: {protected:?}"
         );
+    }
+
+    /// A hint may only save a lookup: a policy driven with hints must make
+    /// exactly the choices of its twin driven without. The hints here go
+    /// stale in every way a cache's can and more: kept across a block's
+    /// eviction and return (pointing at a freed node, or at a node reused
+    /// for another block), handed to the wrong block, or garbage.
+    #[test]
+    fn hints_never_change_a_policys_choices() {
+        const SEED: u64 = 29;
+        println!("seed {SEED} (shown with a failure)");
+        let mut rng = keel_disk::SimRng::new(SEED);
+        for kind in PolicyKind::ALL {
+            let mut plain = kind.build(48);
+            let mut hinted = kind.build(48);
+            // Never cleared: a block's old hint outlives its eviction.
+            let mut hints: HashMap<u64, Hint> = HashMap::new();
+            for step in 0..40_000 {
+                let key = rng.below(160);
+                let access = match rng.below(20) {
+                    0 => Access::UseOnce,
+                    1 => Access::Prefetch,
+                    _ => Access::Normal,
+                };
+                match rng.below(50) {
+                    0 => {
+                        plain.remove(key);
+                        hinted.remove(key);
+                    }
+                    1 => {
+                        let blocks = 1 + rng.below(96) as usize;
+                        plain.set_capacity(blocks);
+                        hinted.set_capacity(blocks);
+                    }
+                    _ => {
+                        assert_eq!(
+                            plain.contains(key),
+                            hinted.contains(key),
+                            "{kind:?} step {step}"
+                        );
+                        if plain.contains(key) {
+                            plain.touch(key, access);
+                            let mut hint = match rng.below(10) {
+                                // Another block's hint.
+                                0 => hints.get(&rng.below(160)).copied().unwrap_or(Hint::NONE),
+                                // Garbage, in range or not.
+                                1 => Hint([
+                                    rng.below(300) as u32,
+                                    rng.below(300) as u32,
+                                    u32::MAX - 1,
+                                ]),
+                                _ => hints.get(&key).copied().unwrap_or(Hint::NONE),
+                            };
+                            hinted.touch_hinted(key, access, &mut hint);
+                            hints.insert(key, hint);
+                        } else {
+                            plain.insert(key, access);
+                            hinted.insert(key, access);
+                        }
+                        while plain.len() > 48 {
+                            let pinned = rng.below(160);
+                            let victim = plain.evict(&mut |k| k != pinned);
+                            assert_eq!(
+                                victim,
+                                hinted.evict(&mut |k| k != pinned),
+                                "{kind:?} step {step}"
+                            );
+                            if victim.is_none() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                assert_eq!(plain.len(), hinted.len(), "{kind:?} step {step}");
+            }
+        }
     }
 
     #[test]
