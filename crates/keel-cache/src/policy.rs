@@ -442,6 +442,27 @@ impl Lru {
         }
     }
 
+    /// Evicts the most recently used block that may leave, among the
+    /// `look_at` most recently used.
+    pub(crate) fn evict_newest(
+        &mut self,
+        look_at: usize,
+        may_evict: &mut dyn FnMut(u64) -> bool,
+    ) -> Option<u64> {
+        let mut at = self.lists.ends[LRU_MAIN as usize].head;
+        for _ in 0..look_at {
+            if at == NIL {
+                break;
+            }
+            let node = self.lists.nodes[at as usize];
+            if may_evict(node.key) {
+                return Some(self.lists.remove(at));
+            }
+            at = node.link.next;
+        }
+        None
+    }
+
     fn touch_node(&mut self, at: u32, access: Access) {
         match access {
             Access::Normal => self.lists.move_to_head(at, LRU_MAIN),
