@@ -558,14 +558,20 @@ mod tests {
 
     const LRU: usize = 2;
 
-    /// A member that is ahead takes the lead only once what it gained
-    /// pays for the blocks its shadow holds that the cache lacks.
-    #[test]
-    fn a_lead_must_pay_for_the_move() {
+    /// A 1 000-block default holding blocks 0..1 000, LIRS leading.
+    fn full_of_blocks_0_to_999() -> Adaptive {
         let mut adaptive = Adaptive::new(1_000);
         for key in 0..1_000 {
             adaptive.insert(key, Access::Normal);
         }
+        adaptive
+    }
+
+    /// A member that is ahead takes the lead only once what it gained
+    /// pays for the blocks its shadow holds that the cache lacks.
+    #[test]
+    fn a_lead_must_pay_for_the_move() {
+        let mut adaptive = full_of_blocks_0_to_999();
         // LRU is ahead by far on decayed hits, hits half its sampled
         // accesses, and its shadow holds 40 blocks the cache lacks: the
         // move costs 40 × 0.5 = 20 sampled misses.
@@ -586,10 +592,7 @@ mod tests {
     /// (decayed) hits never takes over, whatever it gained before.
     #[test]
     fn a_gain_without_a_lead_now_moves_nothing() {
-        let mut adaptive = Adaptive::new(1_000);
-        for key in 0..1_000 {
-            adaptive.insert(key, Access::Normal);
-        }
+        let mut adaptive = full_of_blocks_0_to_999();
         adaptive.sampled = 100.0;
         adaptive.hits = [10.0, 30.0, 30.5];
         adaptive.gained[LRU] = 500.0;
