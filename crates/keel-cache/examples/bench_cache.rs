@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p keel-cache --features bench --example bench_cache -- \
-//!     [--json] [--markdown] [--trace FILE]... [--traces DIR] [--plots DIR] [--skip-traces] \
+//!     [--json] [--markdown] [--trace FILE]... [--traces DIR] [--plots DIR] [--skip-traces] [--mixed] \
 //!     [--skip-readahead] [--skip-hits] [--buffered] [--dir DIR] [--window BLOCKS]
 //!     [--repeats N] [--direct-read-kib KIB] [--hit-blocks N]
 //! ```
@@ -38,6 +38,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--dir" => readahead_options.dir = args.next().ok_or("--dir DIR")?.into(),
             "--only-file-traces" => trace_options.synthetic_traces = false,
             "--no-public" => trace_options.public_traces = false,
+            "--mixed" => trace_options.mixed_traces = true,
             "--buffered" => readahead_options.direct = false,
             "--window" => {
                 readahead_options.max_window_blocks =

@@ -29,6 +29,11 @@ pub struct CacheBenchArgs {
     /// Skip the synthetic traces (zipf, loop, hot set + scan).
     #[arg(long)]
     pub no_synthetic: bool,
+    /// Also replay the held-out mixed workloads (mix-*: shifting zipf, zipf
+    /// with scans, a loop inside zipf), which no policy setting was chosen
+    /// on; reported, not part of the targets.
+    #[arg(long)]
+    pub mixed: bool,
     /// Write one SVG plot per trace (hit ratio against cache size) here.
     #[arg(long)]
     pub plots: Option<PathBuf>,
@@ -77,6 +82,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         traces_dir,
         public_traces: public,
         synthetic_traces: !args.no_synthetic,
+        mixed_traces: args.mixed,
         extra_traces: args.traces.clone(),
         ..TraceBenchOptions::default()
     };
