@@ -2,8 +2,8 @@
 //! eviction decided by whichever of them a mini-simulation shows ahead.
 //!
 //! It has the best hit ratios of keel's policies on the benchmark traces
-//! (96 of 96 points within a point of the best peer in most runs of the
-//! peers, 94 against moka's luckiest; 79–85 for W-TinyLFU alone). The price is CPU: every access updates three
+//! (94 of 96 points within a point of the best peer, against 79–85 for
+//! W-TinyLFU alone). The price is CPU: every access updates three
 //! policies' metadata, about twice W-TinyLFU's cost per hit (0.31–0.39 µs
 //! against 0.18 µs on a 64 MiB cache). Sharing one index between the
 //! members (one hash lookup per access instead of three) is the next step.
@@ -22,9 +22,9 @@
 //!                ├─► LIRS      ─┤ blocks; the leader picks each victim,
 //!                └─► LRU       ─┘ the others are told (evicted_elsewhere)
 //!   sampled accesses ──► a small shadow copy of each ── hits ──► every
-//!        check, a member takes the lead if its shadow is ahead now (more
-//!        than one decayed hit) and what it gained since it pulled ahead
-//!        pays for the move; the new leader rebuilds its queues (on_lead)
+//!        check, the leader becomes the shadow with the most (decayed) hits
+//!        (at least one more than the leader's); the new leader rebuilds
+//!        its queues (on_lead)
 //! ```
 //!
 //! Every member sees every access and keeps metadata for the same resident
@@ -43,25 +43,6 @@
 //! blocks of a loop, and moving from LIRS to W-TinyLFU is the cheap
 //! direction (92 of 96 points before the rule below, against 87 for W-TinyLFU first and 78 for
 //! LRU first).
-//!
-//! **What a change of leader costs.** The cache holds the old leader's
-//! blocks. The new leader earns its shadow's hits only once it holds its
-//! shadow's blocks, and each block its shadow holds that the cache lacks
-//! is a miss first, if it is asked for while the new leader would keep it.
-//! So the switch cost is counted on the sample: the shadow's blocks the
-//! cache lacks, each weighed by the shadow's recent hit ratio. A member
-//! takes the lead only when it is ahead now *and* what it gained over
-//! the leader since it started pulling ahead (a CUSUM of its hits minus
-//! the leader's per sampled access, floored at zero) exceeds that cost:
-//! rent-or-buy, with the gain so far as the rent paid. Without it, on the
-//! LIRS `cpp` trace at 245 blocks the lead went to LRU on a 0.4% edge
-//! and back 2 500 accesses later, about 100 hits lost (−1.13 points
-//! against quick_cache). With it that point is +0.00, and 96 of 96 points
-//! in 10 of 23 single runs of the peers (the misses left are moka's
-//! luckier runs on `cpp`/12 and `ps`/617). The decayed lead alone (the
-//! rule before) would switch on the first hit of edge; the gain alone,
-//! without the lead now, switches too late (89 of 96); a cost the decayed
-//! lead must beat never lets a steady small lead pay (zipf: 92).
 //!
 //! The shadows hold at most 128 blocks each and are fed a
 //! spatial sample of the blocks (SHARDS, Waldspurger et al., FAST '15), as
@@ -90,7 +71,7 @@
 
 use crate::links::NIL;
 use crate::lirs::Lirs;
-use crate::policy::{Access, BlockSet, Guesses, Hint, Lru, Policy, WTinyLfu};
+use crate::policy::{Access, Guesses, Hint, Lru, Policy, WTinyLfu};
 
 /// Blocks simulated by each shadow at most.
 const SHADOW_BLOCKS: usize = 128;
@@ -99,10 +80,8 @@ const SHADOW_BLOCKS: usize = 128;
 const CHECK_BLOCKS_FACTOR: usize = 2;
 /// Weight of the past in the shadows' hit counts, per 4 checks.
 const DECAY: f64 = 0.9;
-/// A shadow takes the lead only when its (decayed) hits exceed the
-/// leader's by more than this many, and its lead has paid for the move
-/// (see "What a change of leader costs"): one hit, so that ties and noise
-/// around zero do not move it.
+/// A shadow takes the lead when its (decayed) hits exceed the leader's by
+/// this many: one hit, so that ties and noise around zero do not move it.
 const SWITCH_MARGIN_HITS: f64 = 1.0;
 /// Before the first hit, the newest this many blocks are candidates for
 /// eviction; when none of them may leave, the leader chooses.
@@ -133,19 +112,6 @@ pub struct Adaptive {
     shadows: [Box<dyn Policy>; MEMBERS],
     shadow_capacity: usize,
     hits: [f64; MEMBERS],
-    /// Sampled accesses, decayed as `hits` are: `hits / sampled` is each
-    /// shadow's recent hit ratio.
-    sampled: f64,
-    /// Each member's hits beyond the leader's, summed per sampled access
-    /// since it last fell behind (a CUSUM, floored at zero) and restarted
-    /// at every change of leader: how much following it would have gained
-    /// so far.
-    gained: [f64; MEMBERS],
-    /// The blocks each shadow holds.
-    shadow_blocks: [BlockSet; MEMBERS],
-    /// Whether a lead must pay for the move (false only in tests, to
-    /// compare).
-    weigh_switch_cost: bool,
     leader: usize,
     capacity: usize,
     sample_threshold: u64,
@@ -166,10 +132,6 @@ impl Adaptive {
             shadows: members(1),
             shadow_capacity: 1,
             hits: [0.0; MEMBERS],
-            sampled: 0.0,
-            gained: [0.0; MEMBERS],
-            shadow_blocks: Default::default(),
-            weigh_switch_cost: true,
             leader: LIRS,
             capacity,
             sample_threshold: 0,
@@ -194,25 +156,6 @@ impl Adaptive {
         self.decay_per_check = DECAY.powf(0.25);
         self.sampled_accesses = 0;
         self.hits = [0.0; MEMBERS];
-        self.sampled = 0.0;
-        self.gained = [0.0; MEMBERS];
-        self.shadow_blocks = Default::default();
-    }
-
-    /// What moving the lead to member `to` would cost, in sampled misses:
-    /// the blocks its shadow holds that the cache does not, each counted
-    /// at the shadow's recent hit ratio (the chance that it is asked for
-    /// again while that member would still keep it).
-    fn switch_cost(&self, to: usize) -> f64 {
-        if self.sampled <= 0.0 || !self.weigh_switch_cost {
-            return 0.0;
-        }
-        let leader = &self.members[self.leader];
-        let missing = self.shadow_blocks[to]
-            .iter()
-            .filter(|&&key| !leader.contains(key))
-            .count();
-        missing as f64 * (self.hits[to] / self.sampled).min(1.0)
     }
 
     fn sampled(&self, key: u64) -> bool {
@@ -231,59 +174,35 @@ impl Adaptive {
         if !self.sampled(key) {
             return;
         }
-        let mut hit = [false; MEMBERS];
-        for (index, shadow) in self.shadows.iter_mut().enumerate() {
+        for (shadow, hits) in self.shadows.iter_mut().zip(self.hits.iter_mut()) {
             if shadow.contains(key) {
-                hit[index] = true;
-                self.hits[index] += 1.0;
+                *hits += 1.0;
                 shadow.touch(key, Access::Normal);
             } else {
                 shadow.insert(key, Access::Normal);
-                self.shadow_blocks[index].insert(key);
                 while shadow.len() > self.shadow_capacity {
-                    match shadow.evict(&mut |_| true) {
-                        Some(gone) => self.shadow_blocks[index].remove(&gone),
-                        None => break,
-                    };
+                    if shadow.evict(&mut |_| true).is_none() {
+                        break;
+                    }
                 }
             }
-        }
-        self.sampled += 1.0;
-        let leader_hit = hit[self.leader] as u8 as f64;
-        for (gained, hit) in self.gained.iter_mut().zip(hit) {
-            *gained = (*gained + hit as u8 as f64 - leader_hit).max(0.0);
         }
         self.sampled_accesses += 1;
         if self.sampled_accesses >= self.check_every {
             self.sampled_accesses = 0;
-            self.reconsider_leader();
+            let mut best = self.leader;
+            for (index, hits) in self.hits.iter().enumerate() {
+                if *hits > self.hits[best] {
+                    best = index;
+                }
+            }
+            if self.hits[best] > self.hits[self.leader] + SWITCH_MARGIN_HITS {
+                self.leader = best;
+                self.members[best].on_lead();
+            }
             for hits in self.hits.iter_mut() {
                 *hits *= self.decay_per_check;
             }
-            self.sampled *= self.decay_per_check;
-        }
-    }
-
-    /// A member takes the lead when it is ahead now (its decayed hits
-    /// beat the leader's by the margin) and its gain so far has paid for
-    /// the move; of several, the one that gained most.
-    fn reconsider_leader(&mut self) {
-        let mut best = None;
-        for index in 0..MEMBERS {
-            if index == self.leader
-                || self.hits[index] <= self.hits[self.leader] + SWITCH_MARGIN_HITS
-                || best.is_some_and(|best: usize| self.gained[index] <= self.gained[best])
-            {
-                continue;
-            }
-            if self.gained[index] > SWITCH_MARGIN_HITS.max(self.switch_cost(index)) {
-                best = Some(index);
-            }
-        }
-        if let Some(best) = best {
-            self.leader = best;
-            self.members[best].on_lead();
-            self.gained = [0.0; MEMBERS];
         }
     }
 
@@ -554,156 +473,6 @@ mod tests {
         // LRU or W-TinyLFU with a whole-cache window: recency, either way.
         assert_ne!(adaptive.leader(), "lirs");
         assert!(ratio > 0.4, "adaptive {ratio}");
-    }
-
-    const LRU: usize = 2;
-
-    /// A 1 000-block default holding blocks 0..1 000, LIRS leading.
-    fn full_of_blocks_0_to_999() -> Adaptive {
-        let mut adaptive = Adaptive::new(1_000);
-        for key in 0..1_000 {
-            adaptive.insert(key, Access::Normal);
-        }
-        adaptive
-    }
-
-    /// A member that is ahead takes the lead only once what it gained
-    /// pays for the blocks its shadow holds that the cache lacks.
-    #[test]
-    fn a_lead_must_pay_for_the_move() {
-        let mut adaptive = full_of_blocks_0_to_999();
-        // LRU is ahead by far on decayed hits, hits half its sampled
-        // accesses, and its shadow holds 40 blocks the cache lacks: the
-        // move costs 40 × 0.5 = 20 sampled misses.
-        adaptive.sampled = 100.0;
-        adaptive.hits = [10.0, 10.0, 50.0];
-        adaptive.shadow_blocks[LRU] = (5_000..5_040).collect();
-        adaptive.gained[LRU] = 19.0;
-        adaptive.reconsider_leader();
-        assert_eq!(adaptive.leader(), "lirs", "a gain of 19 cannot pay 20");
-        // The same gain pays when the cache already holds those blocks.
-        adaptive.shadow_blocks[LRU] = (0..40).collect();
-        adaptive.reconsider_leader();
-        assert_eq!(adaptive.leader(), "lru");
-        assert_eq!(adaptive.gained, [0.0; MEMBERS], "gains restart");
-    }
-
-    /// The gain must come with a lead now: a member behind on recent
-    /// (decayed) hits never takes over, whatever it gained before.
-    #[test]
-    fn a_gain_without_a_lead_now_moves_nothing() {
-        let mut adaptive = full_of_blocks_0_to_999();
-        adaptive.sampled = 100.0;
-        adaptive.hits = [10.0, 30.0, 30.5];
-        adaptive.gained[LRU] = 500.0;
-        adaptive.reconsider_leader();
-        assert_eq!(adaptive.leader(), "lirs");
-        adaptive.hits[LRU] = 31.5;
-        adaptive.reconsider_leader();
-        assert_eq!(adaptive.leader(), "lru");
-    }
-
-    /// The gain is a CUSUM: each sampled access adds the member's hit and
-    /// takes away the leader's, and it never goes below zero, so a member
-    /// that was behind starts from nothing when it starts pulling ahead.
-    #[test]
-    fn a_gain_forgets_an_earlier_deficit() {
-        // Capacity 4: every access is sampled, the shadows are exact.
-        let mut adaptive = Adaptive::new(4);
-        let hits_of = |a: &Adaptive| a.hits;
-        // Blocks 0..4 fill every shadow; block 0 again hits in all.
-        for key in [0, 1, 2, 3, 0] {
-            if adaptive.contains(key) {
-                adaptive.touch(key, Access::Normal);
-            } else {
-                adaptive.insert(key, Access::Normal);
-            }
-        }
-        assert_eq!(hits_of(&adaptive), [1.0; MEMBERS]);
-        assert_eq!(adaptive.gained, [0.0; MEMBERS], "even: nobody gained");
-        // Make LRU's shadow miss where the leader's hits: remove block 1
-        // from the LRU shadow alone.
-        adaptive.shadows[LRU].remove(1);
-        adaptive.shadow_blocks[LRU].remove(&1);
-        adaptive.touch(1, Access::Normal);
-        assert_eq!(adaptive.gained[LRU], 0.0, "floored at zero, not -1");
-        // And the other way round: LRU hits where the leader's shadow
-        // misses.
-        adaptive.shadows[LIRS].remove(2);
-        adaptive.shadow_blocks[LIRS].remove(&2);
-        adaptive.touch(2, Access::Normal);
-        assert_eq!(adaptive.gained[LRU], 1.0);
-        assert_eq!(adaptive.gained[LIRS], 0.0);
-    }
-
-    /// Traces mixing a loop (where LIRS wins) with reuse of recent blocks
-    /// (where recency does), at several mixes: weighing what a move costs
-    /// moves the lead less often, for about the same hits.
-    #[test]
-    fn weighing_the_cost_moves_the_lead_less_often() {
-        let capacity = 100;
-        let run = |trace: &[u64], weigh: bool| {
-            let mut adaptive = Adaptive::new(capacity);
-            adaptive.weigh_switch_cost = weigh;
-            let mut leader = adaptive.leader();
-            let (mut hits, mut moves) = (0, 0);
-            for &key in trace {
-                hits += crate::policy::simulate(&mut adaptive, capacity, &[key]);
-                if adaptive.leader() != leader {
-                    moves += 1;
-                    leader = adaptive.leader();
-                }
-            }
-            (hits, moves)
-        };
-        let (mut with, mut without) = ((0, 0), (0, 0));
-        for seed in 0..3 {
-            for loop_blocks in [120, 150, 200] {
-                for loop_share in [2, 4, 6, 8] {
-                    let trace = loop_and_recency(seed, loop_blocks, loop_share, capacity);
-                    let (w, n) = (run(&trace, true), run(&trace, false));
-                    println!("seed {seed} loop {loop_blocks} share {loop_share}/10: hits and moves {w:?} weighed, {n:?} not");
-                    with = (with.0 + w.0, with.1 + w.1);
-                    without = (without.0 + n.0, without.1 + n.1);
-                }
-            }
-        }
-        assert!(
-            with.1 < without.1,
-            "moves {} weighed, {} not",
-            with.1,
-            without.1
-        );
-        let change = with.0 as f64 / without.0 as f64 - 1.0;
-        assert!(
-            change.abs() < 0.01,
-            "hits {} weighed, {} not",
-            with.0,
-            without.0
-        );
-    }
-
-    /// `loop_share` tenths of the accesses walk a loop of `loop_blocks`;
-    /// the rest are new blocks or reuses of a block from up to two caches
-    /// back.
-    fn loop_and_recency(seed: u64, loop_blocks: u64, loop_share: u64, capacity: usize) -> Vec<u64> {
-        let mut rng = SimRng::new(seed);
-        let mut trace: Vec<u64> = Vec::new();
-        let mut position = 0;
-        let mut fresh = 1_000_000;
-        for _ in 0..60_000 {
-            if rng.below(10) < loop_share {
-                trace.push(position % loop_blocks);
-                position += 1;
-            } else if rng.below(2) == 0 || trace.len() < 2 * capacity {
-                fresh += 1;
-                trace.push(fresh);
-            } else {
-                let back = 1 + rng.below(2 * capacity as u64) as usize;
-                trace.push(trace[trace.len() - back]);
-            }
-        }
-        trace
     }
 
     #[test]

@@ -43,7 +43,7 @@
 //!
 //! [`ArcReference`] is ARC, for the benchmark only.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// How a block is being accessed, as far as replacement cares.
@@ -200,8 +200,6 @@ impl Hasher for BlockHasher {
 
 /// A `HashMap` keyed by block number with [`BlockHasher`].
 pub type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
-/// A `HashSet` of block numbers with [`BlockHasher`].
-pub type BlockSet = HashSet<u64, BuildHasherDefault<BlockHasher>>;
 
 use crate::links::{slab_insert, Ends, Link, Linked, NIL};
 
