@@ -78,7 +78,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for check in &checks {
             let line = format!(
                 "target {} {:<18} {:>7} blocks: default {:.4} vs best other ({}) {:.4}: {:+.2} points",
-                if check.met { "met   " } else { "MISSED" },
+                match (check.target, check.met) {
+                    (false, _) => "report",
+                    (true, true) => "met   ",
+                    (true, false) => "MISSED",
+                },
                 check.trace,
                 check.capacity_blocks,
                 check.default_hit_ratio,
