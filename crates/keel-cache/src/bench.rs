@@ -12,7 +12,9 @@
 //!   bounded by entry count, so every cache counts capacity in blocks.
 //! * [`run_readahead_bench`] reads a 256 MiB file-sized range of a
 //!   `FileDisk` image sequentially through the cache with read-ahead off and
-//!   on, and the same bytes straight from the image with 1 MiB reads.
+//!   on, the same bytes straight from the image with 1 MiB reads, and the
+//!   same bytes through a reference pipeline with no cache in it (what the
+//!   host allows any cache that stages blocks).
 //! * [`run_hit_throughput_bench`] replays one stream of hits on 1 and 2
 //!   threads through keel's cache, `quick_cache` and `moka`.
 
@@ -53,6 +55,16 @@ pub enum BenchError {
     // Transparent: the wrapped errors name the device or the cache
     // themselves, and a reader printing the error chain would otherwise
     // see their message twice.
+    #[error(
+        "{path}: {mode} read other bytes than the cache with read-ahead on \
+         (checksum {got:#x}, expected {expected:#x})"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        mode: &'static str,
+        got: u64,
+        expected: u64,
+    },
     #[error(transparent)]
     Disk(#[from] keel_disk::DiskError),
     #[error(transparent)]
@@ -865,8 +877,9 @@ impl Default for ReadAheadBenchOptions {
 /// One read-ahead measurement.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReadAheadResult {
-    /// `direct` (large reads straight from the image), `cache-readahead-off`
-    /// or `cache-readahead-on`.
+    /// `direct` (large reads straight from the image), `cache-readahead-off`,
+    /// `cache-readahead-on` or `reference-pipeline` (no cache: see
+    /// [`reference_pipeline`]).
     pub mode: String,
     pub o_direct: bool,
     pub bytes: u64,
@@ -936,7 +949,10 @@ pub fn run_readahead_bench(
     let result = (|| {
         let total_bytes = blocks * block_size as u64;
         // Per mode: the runs' (seconds, device reads, stats).
-        let mut runs: Vec<Vec<(f64, u64, crate::CacheStats)>> = vec![Vec::new(); 3];
+        let mut runs: Vec<Vec<(f64, u64, crate::CacheStats)>> = vec![Vec::new(); 4];
+        // What the read-ahead-on run read (a byte of every block), which the
+        // other runs that read every block must match.
+        let mut expected = None;
         for repeat in 0..options.repeats.max(1) {
             // Direct: the same bytes with large reads and nothing in between.
             drop_page_cache(&path);
@@ -990,17 +1006,30 @@ pub fn run_readahead_bench(
                     checksum = checksum.wrapping_add(block_buffer[0] as u64);
                 }
                 let seconds = started.elapsed().as_secs_f64();
-                std::hint::black_box(checksum);
                 let stats = cache.stats();
                 runs[mode].push((seconds, stats.read_ios, stats));
+                let mode_name = ["", "cache-readahead-off", "cache-readahead-on"][mode];
+                check_checksum(&path, mode_name, checksum, &mut expected)?;
             }
+            drop_page_cache(&path);
+            let (seconds, reads, checksum) = reference_pipeline(
+                open()?,
+                blocks,
+                options.max_window_blocks.max(1) as u64,
+                (options.cache_bytes / block_size as u64).max(1) as usize,
+            )?;
+            runs[3].push((seconds, reads, Default::default()));
+            check_checksum(&path, "reference-pipeline", checksum, &mut expected)?;
             let mib_s = |seconds: f64| total_bytes as f64 / 1048576.0 / seconds;
             progress(&format!(
-                "run {}: direct {:.0} MiB/s, read-ahead on {:.0} MiB/s ({:.2} of direct){}",
+                "run {}: direct {:.0} MiB/s, read-ahead on {:.0} MiB/s ({:.2} of direct), \
+                 reference pipeline {:.0} MiB/s ({:.2}){}",
                 repeat + 1,
                 mib_s(runs[0][repeat].0),
                 mib_s(runs[2][repeat].0),
                 runs[0][repeat].0 / runs[2][repeat].0,
+                mib_s(runs[3][repeat].0),
+                runs[0][repeat].0 / runs[3][repeat].0,
                 if repeat == 0 {
                     format!(", off {:.0} MiB/s", mib_s(runs[1][0].0))
                 } else {
@@ -1026,9 +1055,14 @@ pub fn run_readahead_bench(
             mode_runs[mode_runs.len() / 2].clone()
         };
         let mut results = Vec::new();
-        for (index, mode) in ["direct", "cache-readahead-off", "cache-readahead-on"]
-            .iter()
-            .enumerate()
+        for (index, mode) in [
+            "direct",
+            "cache-readahead-off",
+            "cache-readahead-on",
+            "reference-pipeline",
+        ]
+        .iter()
+        .enumerate()
         {
             let (seconds, device_reads, stats) = median(&mut runs[index]);
             results.push(ReadAheadResult {
@@ -1048,6 +1082,106 @@ pub fn run_readahead_bench(
     })();
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// Records the first checksum of a run that read every block, and fails
+/// when a later one differs: every mode must read the same bytes.
+fn check_checksum(
+    path: &Path,
+    mode: &'static str,
+    got: u64,
+    expected: &mut Option<u64>,
+) -> Result<(), BenchError> {
+    match *expected {
+        None => {
+            *expected = Some(got);
+            Ok(())
+        }
+        Some(expected) if expected == got => Ok(()),
+        Some(expected) => Err(BenchError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            mode,
+            got,
+            expected,
+        }),
+    }
+}
+
+/// The sequential read with no cache in it, as a reference for what this
+/// host allows any cache that stages blocks in memory: one thread reads
+/// `window` blocks at a time, back to back, into two page-aligned buffers
+/// (the cache's two read-ahead workers keep one each), and the caller
+/// copies each block into a frame of a ring as large as the cache and from
+/// there into its own buffer, as a cache's read-ahead and a hit do. No
+/// lookup, no policy, no locks. Returns the seconds, the device reads and
+/// the checksum (the first byte of every block, summed, as the cache runs
+/// compute it).
+fn reference_pipeline(
+    disk: FileDisk,
+    blocks: u64,
+    window: u64,
+    frame_count: usize,
+) -> Result<(f64, u64, u64), BenchError> {
+    use std::sync::mpsc;
+    const PAGE: usize = 4096;
+    let block_size = disk.block_size();
+    type Filled = Result<(u64, usize, usize, Vec<u8>), keel_disk::DiskError>;
+    let (filled_tx, filled_rx) = mpsc::sync_channel::<Filled>(2);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        // Cannot fail: the receiver is alive.
+        let _ = free_tx.send(vec![0u8; window as usize * block_size + PAGE]);
+    }
+    let mut frames: Vec<Box<[u8]>> = (0..frame_count.max(1))
+        .map(|_| vec![0u8; block_size].into_boxed_slice())
+        .collect();
+    let mut out = vec![0u8; block_size];
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut start = 0;
+            while start < blocks {
+                let Ok(mut buffer) = free_rx.recv() else {
+                    return;
+                };
+                let count = window.min(blocks - start);
+                let offset = buffer.as_ptr().align_offset(PAGE).min(PAGE);
+                let bytes = count as usize * block_size;
+                let read = disk
+                    .read_blocks(start, &mut buffer[offset..offset + bytes])
+                    .map(|()| (start, count as usize, offset, buffer));
+                let failed = read.is_err();
+                if filled_tx.send(read).is_err() || failed {
+                    return;
+                }
+                start += count;
+            }
+        });
+        // Owned here, so that leaving early (a failed read) drops them and
+        // the reader, blocked on either channel, stops before the scope
+        // joins it.
+        let (free_tx, filled_rx) = (free_tx, filled_rx);
+        let (mut next, mut reads, mut checksum) = (0u64, 0u64, 0u64);
+        while next < blocks {
+            let Ok(filled) = filled_rx.recv() else {
+                break;
+            };
+            let (start, count, offset, buffer) = filled?;
+            for index in 0..count {
+                let block = start + index as u64;
+                let frame = &mut frames[block as usize % frame_count.max(1)];
+                let from = offset + index * block_size;
+                frame.copy_from_slice(&buffer[from..from + block_size]);
+                out.copy_from_slice(frame);
+                checksum = checksum.wrapping_add(out[0] as u64);
+            }
+            reads += 1;
+            next = start + count as u64;
+            // The reader may have stopped after its last read: nothing to do.
+            let _ = free_tx.send(buffer);
+        }
+        Ok((started.elapsed().as_secs_f64(), reads, checksum))
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1250,6 +1384,53 @@ mod tests {
         };
         assert!(score(BenchPolicy::Keel(PolicyKind::default())) >= 0.9);
         assert!(score(BenchPolicy::Keel(PolicyKind::Lru)) < 0.05);
+    }
+
+    /// Every mode of the read-ahead benchmark reads the same bytes (the
+    /// benchmark compares what each read and fails otherwise), and the
+    /// reference pipeline reads in windows as large as read-ahead's.
+    #[test]
+    fn readahead_bench_modes_read_the_same_bytes() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let options = ReadAheadBenchOptions {
+            dir: dir.path().to_path_buf(),
+            size_bytes: 4 << 20,
+            cache_bytes: 1 << 20,
+            direct: false,
+            repeats: 2,
+            ..ReadAheadBenchOptions::default()
+        };
+        let results = run_readahead_bench(&options, &mut |_| {}).expect("the benchmark runs");
+        let modes: Vec<&str> = results.iter().map(|r| r.mode.as_str()).collect();
+        assert_eq!(
+            modes,
+            [
+                "direct",
+                "cache-readahead-off",
+                "cache-readahead-on",
+                "reference-pipeline"
+            ]
+        );
+        // 4 MiB in 1 MiB reads, like the direct baseline's.
+        assert_eq!(results[3].device_reads, 4);
+        assert_eq!(results[0].device_reads, 4);
+        // Read-ahead off reads block by block.
+        assert_eq!(results[1].device_reads, 1024);
+    }
+
+    #[test]
+    fn a_mode_that_read_other_bytes_is_named() {
+        let path = Path::new("/images/bench.img");
+        let mut expected = None;
+        check_checksum(path, "cache-readahead-on", 7, &mut expected).expect("the first sets it");
+        check_checksum(path, "cache-readahead-off", 7, &mut expected).expect("the same bytes");
+        let error = check_checksum(path, "reference-pipeline", 8, &mut expected)
+            .expect_err("other bytes")
+            .to_string();
+        assert!(
+            error.contains("/images/bench.img") && error.contains("reference-pipeline"),
+            "{error}"
+        );
     }
 
     /// The held-out mixes are what their names say, and the targets do not

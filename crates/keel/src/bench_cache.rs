@@ -38,7 +38,9 @@ pub struct CacheBenchArgs {
     #[arg(long)]
     pub plots: Option<PathBuf>,
     /// Also run the read-ahead benchmark (256 MiB sequential read on a
-    /// FileDisk, read-ahead off and on, against large direct reads).
+    /// FileDisk, read-ahead off and on, against large direct reads, and a
+    /// reference pipeline with no cache in it: what this host allows any
+    /// cache that stages blocks).
     #[arg(long)]
     pub readahead: bool,
     /// Direct/read-ahead-on pairs the read-ahead benchmark runs (the ratio
