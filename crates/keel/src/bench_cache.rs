@@ -13,6 +13,8 @@ use keel_cache::bench::{
 };
 use keel_cache::PolicyKind;
 
+use crate::util::with_spinner;
+
 #[derive(Args)]
 pub struct CacheBenchArgs {
     /// Also replay this trace file (one block number per line; .gz and .xz
@@ -88,8 +90,10 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
         extra_traces: args.traces.clone(),
         ..TraceBenchOptions::default()
     };
-    let mut progress = |message: &str| tracing::info!("{message}");
-    let results = run_trace_bench(&options, &mut progress).context("trace benchmark")?;
+    let results = with_spinner("trace benchmark", |progress| {
+        run_trace_bench(&options, progress)
+    })
+    .context("trace benchmark")?;
     let checks = check_targets(&results);
     if args.json {
         for result in &results {
@@ -174,8 +178,10 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
             repeats: args.readahead_repeats as usize,
             ..ReadAheadBenchOptions::default()
         };
-        for result in
-            run_readahead_bench(&options, &mut progress).context("read-ahead benchmark")?
+        for result in with_spinner("read-ahead benchmark", |progress| {
+            run_readahead_bench(&options, progress)
+        })
+        .context("read-ahead benchmark")?
         {
             if args.json {
                 println!("{}", serde_json::to_string(&result)?);
@@ -194,8 +200,10 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
                 policy: args.policy.kind(),
                 ..HitBenchOptions::default()
             };
-            let results = run_hit_throughput_bench(&options, &mut progress)
-                .with_context(|| format!("hit-throughput benchmark at {blocks} blocks"))?;
+            let results = with_spinner("hit-throughput benchmark", |progress| {
+                run_hit_throughput_bench(&options, progress)
+            })
+            .with_context(|| format!("hit-throughput benchmark at {blocks} blocks"))?;
             for result in &results {
                 if args.json {
                     println!("{}", serde_json::to_string(result)?);

@@ -48,10 +48,14 @@ pub fn run(args: JournalBenchArgs) -> anyhow::Result<ExitCode> {
         log_mib: args.log_mib,
         ..JournalBenchOptions::default()
     };
-    let mut progress = |message: &str| tracing::info!("{message}");
-    let report = run_commit_bench(&options, &mut progress).context("journal commit benchmark")?;
-    let recovery =
-        run_recovery_bench(&options, &mut progress).context("journal recovery benchmark")?;
+    let report = crate::util::with_spinner("journal commit benchmark", |progress| {
+        run_commit_bench(&options, progress)
+    })
+    .context("journal commit benchmark")?;
+    let recovery = crate::util::with_spinner("journal recovery benchmark", |progress| {
+        run_recovery_bench(&options, progress)
+    })
+    .context("journal recovery benchmark")?;
     if args.json {
         for line in report.json_lines() {
             println!("{line}");

@@ -222,6 +222,8 @@ pub fn run(args: RaidBenchArgs) -> anyhow::Result<ExitCode> {
     let (dir, _temp) = crate::util::bench_dir(args.dir.as_deref(), "keel-bench-raid")?;
     let blocks = size / BLOCK_SIZE as u64;
     let mut rows: Vec<Row> = Vec::new();
+    let spinner = crate::util::spinner("raid benchmark");
+    spinner.set_message("writing the plain file");
     let plain = PlainFile::create(&dir, size)?;
     plain.write()?;
     let (mut best_plain_write, mut best_plain_read) = (Duration::MAX, Duration::MAX);
@@ -248,7 +250,11 @@ pub fn run(args: RaidBenchArgs) -> anyhow::Result<ExitCode> {
         // interleaved with the volume; each figure is the best of its passes.
         let (mut plain_write, mut volume_write) = (Duration::MAX, Duration::MAX);
         let (mut plain_read, mut volume_read) = (Duration::MAX, Duration::MAX);
-        for _ in 0..PASSES {
+        for pass in 1..=PASSES {
+            spinner.set_message(format!(
+                "{}: write and read, pass {pass} of {PASSES}",
+                level.name()
+            ));
             plain_write = plain_write.min(plain.write()?);
             volume_write = volume_write.min(timed_write(&volume, blocks)?);
             plain_read = plain_read.min(plain.read(args.cached)?);
@@ -294,6 +300,7 @@ pub fn run(args: RaidBenchArgs) -> anyhow::Result<ExitCode> {
             meets_target: Some(read >= 0.7 * file_read),
         });
         if level == Level::Raid5 {
+            spinner.set_message("raid5: degraded reads, then the rebuild");
             volume.fail_disk(1)?;
             let degraded = mib_per_sec(
                 size,
@@ -350,7 +357,9 @@ pub fn run(args: RaidBenchArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::remove_file(&plain.path)?;
     drop(plain);
+    spinner.set_message("XOR parity");
     let xor = xor_gb_per_sec(args.raid5_disks - 1);
+    spinner.finish_and_clear();
     rows.push(Row {
         measurement: "XOR parity, one core (GB/s of data; target 5 GB/s)".into(),
         level: "raid5".into(),

@@ -44,6 +44,31 @@ pub fn progress(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// A spinner on stderr for long work of unknown length, showing its latest
+/// step (hidden when stderr is not a terminal).
+pub fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {prefix}: {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Runs `work` with a spinner named `what` that shows each progress message
+/// (also logged at info level), and clears it before returning.
+pub fn with_spinner<T>(what: &str, work: impl FnOnce(&mut dyn FnMut(&str)) -> T) -> T {
+    let spinner = spinner(what);
+    let result = work(&mut |message: &str| {
+        tracing::info!("{message}");
+        spinner.set_message(message.to_string());
+    });
+    spinner.finish_and_clear();
+    result
+}
+
 /// The directory a benchmark works in: `dir` if given (created), else a new
 /// temporary directory under the current one, so the file system measured is
 /// the one the user runs in. The guard removes the temporary directory.
