@@ -922,20 +922,6 @@ pub fn run_readahead_bench(
         path.display(),
         options.size_bytes >> 20
     ));
-    {
-        let disk = FileDisk::create(&path, block_size, blocks)?;
-        let mut rng = SimRng::new(7);
-        let chunk_blocks = 256u64;
-        let mut chunk = vec![0u8; chunk_blocks as usize * block_size];
-        let mut start = 0;
-        while start < blocks {
-            let count = chunk_blocks.min(blocks - start);
-            rng.fill(&mut chunk[..count as usize * block_size]);
-            disk.write_blocks(start, &chunk[..count as usize * block_size])?;
-            start += count;
-        }
-        disk.flush()?;
-    }
     let open = || {
         FileDisk::open(
             &path,
@@ -946,7 +932,23 @@ pub fn run_readahead_bench(
             },
         )
     };
+    // Everything from the image's creation on is inside, so that a failure
+    // anywhere still removes the image below.
     let result = (|| {
+        {
+            let disk = FileDisk::create(&path, block_size, blocks)?;
+            let mut rng = SimRng::new(7);
+            let chunk_blocks = 256u64;
+            let mut chunk = vec![0u8; chunk_blocks as usize * block_size];
+            let mut start = 0;
+            while start < blocks {
+                let count = chunk_blocks.min(blocks - start);
+                rng.fill(&mut chunk[..count as usize * block_size]);
+                disk.write_blocks(start, &chunk[..count as usize * block_size])?;
+                start += count;
+            }
+            disk.flush()?;
+        }
         let total_bytes = blocks * block_size as u64;
         // Per mode: the runs' (seconds, device reads, stats).
         let mut runs: Vec<Vec<(f64, u64, crate::CacheStats)>> = vec![Vec::new(); 4];
@@ -1416,6 +1418,27 @@ mod tests {
         assert_eq!(results[0].device_reads, 4);
         // Read-ahead off reads block by block.
         assert_eq!(results[1].device_reads, 1024);
+    }
+
+    /// A benchmark that fails (here: a cache too small for one block)
+    /// reports why and leaves no 256 MiB image behind.
+    #[test]
+    fn a_failed_readahead_bench_removes_its_image() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let options = ReadAheadBenchOptions {
+            dir: dir.path().to_path_buf(),
+            size_bytes: 1 << 20,
+            cache_bytes: 0,
+            direct: false,
+            repeats: 1,
+            ..ReadAheadBenchOptions::default()
+        };
+        let error = run_readahead_bench(&options, &mut |_| {}).expect_err("no room for a block");
+        assert!(error.to_string().contains("holds no"), "{error}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("the directory")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]
