@@ -31,7 +31,7 @@ use keel_disk::BlockDevice;
 use parking_lot::lock_api::{
     GuardNoSend, RawRwLock as _, RawRwLockDowngrade as _, RawRwLockRecursive as _,
 };
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::error::{CacheError, Result};
 use crate::policy::{Access, BlockHasher, BlockMap, Hint, Policy, PolicyKind};
@@ -281,6 +281,34 @@ struct ShardInner {
 #[repr(align(128))]
 struct Shard {
     inner: Mutex<ShardInner>,
+}
+
+/// How long a hit spins on a busy shard before it sleeps. A hit that
+/// completes the default policy's batch applies it under the shard's lock
+/// (32 touches, a few microseconds: [`crate::adaptive`]). parking_lot puts
+/// a waiter to sleep after about a microsecond of spinning, and on two
+/// threads the sleeps and wake-ups cost more than the waits they replace:
+/// ten times the context switches, and two threads slower than one at
+/// 64 MiB (`docs/benchmarks/cache.md`, "Throughput of cache hits").
+const HIT_SPIN: Duration = Duration::from_micros(20);
+
+impl Shard {
+    /// The shard's lock for a lookup: spins for up to [`HIT_SPIN`] before
+    /// it waits asleep like any other lock.
+    fn lock_spinning(&self) -> MutexGuard<'_, ShardInner> {
+        let mut started = None;
+        loop {
+            for _ in 0..16 {
+                if let Some(guard) = self.inner.try_lock() {
+                    return guard;
+                }
+                std::hint::spin_loop();
+            }
+            if started.get_or_insert_with(Instant::now).elapsed() >= HIT_SPIN {
+                return self.inner.lock();
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -676,7 +704,7 @@ impl Cache {
         let shard = self.shard(block);
         let mut evicted = Vec::new();
         let result = {
-            let mut inner = shard.inner.lock();
+            let mut inner = shard.lock_spinning();
             let ShardInner { map, policy, .. } = &mut *inner;
             if let Some(entry) = map.get_mut(&block) {
                 let frame = entry.frame.clone();

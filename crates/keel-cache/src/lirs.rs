@@ -36,7 +36,7 @@
 //! Like every policy, LIRS keeps used-once and prefetched blocks apart and
 //! gives them up first ([`crate::policy`]).
 
-use crate::links::{slab_insert, Ends, Link, Linked, NIL};
+use crate::links::{prefetch, slab_insert, Ends, Link, Linked, NIL};
 use crate::policy::{prefetch_reserve, Access, BlockMap, Hint, Policy};
 
 /// Status of a node.
@@ -426,6 +426,15 @@ impl Lirs {
 impl Policy for Lirs {
     fn name(&self) -> &'static str {
         "lirs"
+    }
+    fn prefetch(&self, _key: u64, slot: u32, stage: u8) {
+        if stage == 0 {
+            prefetch(&self.nodes, slot);
+        } else if let Some(node) = self.nodes.get(slot as usize) {
+            for at in [node.s.prev, node.s.next, node.q.prev, node.q.next] {
+                prefetch(&self.nodes, at);
+            }
+        }
     }
     fn set_capacity(&mut self, blocks: usize) {
         self.capacity = blocks.max(1);

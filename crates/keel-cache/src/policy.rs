@@ -114,6 +114,13 @@ pub trait Policy: Send {
     /// a chance to rebuild queues that the other policy's choices shaped.
     /// By default, nothing.
     fn on_lead(&mut self) {}
+    /// Starts loading what a normal touch of `key`, whose node is `slot`
+    /// (its hint), will read: `stage` 0 the node itself, 1 its neighbours
+    /// (once the node is in the CPU's cache). Only a hint to the CPU: it
+    /// changes no state. By default, nothing.
+    fn prefetch(&self, key: u64, slot: u32, stage: u8) {
+        let _ = (key, slot, stage);
+    }
     /// Chooses a victim among blocks for which `may_evict` is true, forgets
     /// it and returns it; `None` when no resident block may be evicted.
     fn evict(&mut self, may_evict: &mut dyn FnMut(u64) -> bool) -> Option<u64>;
@@ -201,7 +208,7 @@ impl Hasher for BlockHasher {
 /// A `HashMap` keyed by block number with [`BlockHasher`].
 pub type BlockMap<V> = HashMap<u64, V, BuildHasherDefault<BlockHasher>>;
 
-use crate::links::{slab_insert, Ends, Link, Linked, NIL};
+use crate::links::{prefetch, slab_insert, Ends, Link, Linked, NIL};
 
 #[derive(Clone, Copy)]
 struct Node {
@@ -239,6 +246,16 @@ impl<const N: usize> Lists<N> {
 
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// See [`Policy::prefetch`].
+    fn prefetch(&self, slot: u32, stage: u8) {
+        if stage == 0 {
+            prefetch(&self.nodes, slot);
+        } else if let Some(node) = self.nodes.get(slot as usize) {
+            prefetch(&self.nodes, node.link.prev);
+            prefetch(&self.nodes, node.link.next);
+        }
     }
 
     fn get(&self, key: u64) -> Option<u32> {
@@ -481,6 +498,9 @@ impl Lru {
 impl Policy for Lru {
     fn name(&self) -> &'static str {
         "lru"
+    }
+    fn prefetch(&self, _key: u64, slot: u32, stage: u8) {
+        self.lists.prefetch(slot, stage);
     }
     fn set_capacity(&mut self, blocks: usize) {
         self.capacity = blocks;
@@ -1259,6 +1279,13 @@ impl Policy for WTinyLfu {
     }
     fn on_lead(&mut self) {
         self.segments.rebuild_by_frequency(&self.sketch);
+    }
+    fn prefetch(&self, key: u64, slot: u32, stage: u8) {
+        self.segments.lists.prefetch(slot, stage);
+        if stage == 0 {
+            let line = self.sketch.slots(key)[0] as u32;
+            prefetch(&self.sketch.table, line);
+        }
     }
     fn set_capacity(&mut self, blocks: usize) {
         let blocks = blocks.max(1);
