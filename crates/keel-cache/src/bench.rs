@@ -1388,20 +1388,30 @@ mod tests {
         assert!(score(BenchPolicy::Keel(PolicyKind::Lru)) < 0.05);
     }
 
+    /// A read-ahead benchmark small enough for a test, on a buffered image.
+    fn small_readahead_options(
+        dir: &Path,
+        size_bytes: u64,
+        cache_bytes: u64,
+        repeats: usize,
+    ) -> ReadAheadBenchOptions {
+        ReadAheadBenchOptions {
+            dir: dir.to_path_buf(),
+            size_bytes,
+            cache_bytes,
+            direct: false,
+            repeats,
+            ..ReadAheadBenchOptions::default()
+        }
+    }
+
     /// Every mode of the read-ahead benchmark reads the same bytes (the
     /// benchmark compares what each read and fails otherwise), and the
     /// reference pipeline reads in windows as large as read-ahead's.
     #[test]
     fn readahead_bench_modes_read_the_same_bytes() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let options = ReadAheadBenchOptions {
-            dir: dir.path().to_path_buf(),
-            size_bytes: 4 << 20,
-            cache_bytes: 1 << 20,
-            direct: false,
-            repeats: 2,
-            ..ReadAheadBenchOptions::default()
-        };
+        let options = small_readahead_options(dir.path(), 4 << 20, 1 << 20, 2);
         let results = run_readahead_bench(&options, &mut |_| {}).expect("the benchmark runs");
         let modes: Vec<&str> = results.iter().map(|r| r.mode.as_str()).collect();
         assert_eq!(
@@ -1425,14 +1435,7 @@ mod tests {
     #[test]
     fn a_failed_readahead_bench_removes_its_image() {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let options = ReadAheadBenchOptions {
-            dir: dir.path().to_path_buf(),
-            size_bytes: 1 << 20,
-            cache_bytes: 0,
-            direct: false,
-            repeats: 1,
-            ..ReadAheadBenchOptions::default()
-        };
+        let options = small_readahead_options(dir.path(), 1 << 20, 0, 1);
         let error = run_readahead_bench(&options, &mut |_| {}).expect_err("no room for a block");
         assert!(error.to_string().contains("holds no"), "{error}");
         let left: Vec<_> = std::fs::read_dir(dir.path())
