@@ -436,6 +436,12 @@ impl Policy for Lirs {
             }
         }
     }
+    fn holds_proven(&self, key: u64) -> bool {
+        self.resident_node(key).is_some_and(|at| {
+            let node = &self.nodes[at as usize];
+            node.status == Status::Lir && node.reused
+        })
+    }
     fn set_capacity(&mut self, blocks: usize) {
         self.capacity = blocks.max(1);
         // A smaller LIR target: the oldest LIR blocks become HIR, so that
@@ -593,6 +599,27 @@ mod tests {
         hit_ratio(&mut lirs, 100, &trace);
         let kept = (0..90).filter(|key| lirs.contains(*key)).count();
         assert!(kept >= 85, "kept {kept} of 90 hot blocks");
+    }
+
+    /// Proven means LIR and used again since it came in: not a block
+    /// that joined the LIR set while it filled, not an HIR block, not a
+    /// block gone.
+    #[test]
+    fn only_reused_lir_blocks_are_proven() {
+        let mut lirs = Lirs::new(10);
+        for key in 0..10 {
+            lirs.insert(key, Access::Normal);
+        }
+        assert!((0..10).all(|key| !lirs.holds_proven(key)));
+        lirs.touch(0, Access::Normal);
+        assert!(lirs.holds_proven(0));
+        // 9 is HIR (the LIR target is 8); a hit while in S makes it LIR,
+        // and the oldest LIR block (1, never used again) becomes HIR.
+        lirs.touch(9, Access::Normal);
+        assert!(lirs.holds_proven(9));
+        lirs.evicted_elsewhere(0);
+        assert!(!lirs.holds_proven(0));
+        assert!(!lirs.holds_proven(42));
     }
 
     #[test]

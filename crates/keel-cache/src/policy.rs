@@ -114,6 +114,14 @@ pub trait Policy: Send {
     /// a chance to rebuild queues that the other policy's choices shaped.
     /// By default, nothing.
     fn on_lead(&mut self) {}
+    /// Whether `key` is resident and this policy counts it as a proven part
+    /// of its working set: a block it has seen used again since the block
+    /// came in, and means to keep (LIRS: a LIR block hit since it came in).
+    /// The default policy asks it of a close runner-up before its leader
+    /// evicts (`adaptive.rs`, "Hedging"). None, unless a policy says so.
+    fn holds_proven(&self, _key: u64) -> bool {
+        false
+    }
     /// Starts loading what a normal touch of `key`, whose node is `slot`
     /// (its hint), will read: `stage` 0 the node itself, 1 its neighbours
     /// (once the node is in the CPU's cache). Only a hint to the CPU: it
