@@ -861,9 +861,14 @@ impl Segments {
         segments
     }
 
+    /// The window's share, rounded. Below 50 blocks the 1% window is no
+    /// window at all: a new block contests main's victim at its first
+    /// eviction (TinyLFU as moka runs it). A floor of one block made it 8%
+    /// of a 12-block cache, one frequent block fewer in main: `cpp` at 12
+    /// blocks 0.1424 with the floor, 0.1497 without.
     fn set_window(&mut self, fraction: f64) {
         let target = (self.capacity as f64 * fraction).round() as usize;
-        self.window_target = target.clamp(1, self.capacity);
+        self.window_target = target.min(self.capacity);
     }
 
     fn main_target(&self) -> usize {
@@ -1481,6 +1486,20 @@ mod tests {
         let mut lru = Lru::new(3);
         simulate(&mut lru, 3, &[1, 2, 3, 1, 4]);
         assert!(lru.contains(1) && !lru.contains(2) && lru.contains(3) && lru.contains(4));
+    }
+
+    /// 1% of 12 blocks is no window: a newcomer seen once contests main's
+    /// victim at once and loses. (A one-block window kept it and sent an
+    /// older, frequent block into the contest instead.)
+    #[test]
+    fn a_tiny_cache_has_no_window_at_one_percent() {
+        let mut policy = WTinyLfu::new(12);
+        let working_set: Vec<u64> = (0..12).cycle().take(60).collect();
+        simulate(&mut policy, 12, &working_set);
+        assert_eq!(policy.window_fraction(), 0.01);
+        policy.insert(100, Access::Normal);
+        assert_eq!(policy.evict(&mut |_| true), Some(100));
+        assert!((0..12).all(|key| policy.contains(key)));
     }
 
     #[test]
