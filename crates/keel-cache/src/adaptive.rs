@@ -2,7 +2,7 @@
 //! eviction decided by whichever of them a mini-simulation shows ahead.
 //!
 //! It has the best hit ratios of keel's policies on the benchmark traces
-//! (96 of 96 points within a point of the best peer of four runs, against
+//! (96 of 96 points within a point of the best peer of 31 runs, against
 //! 79–85 for W-TinyLFU alone). The price is CPU: every access updates three
 //! policies' metadata. Two things keep that down. The shard's map hands
 //! each member its node number (a [`Hint`]), so a hit does no index
