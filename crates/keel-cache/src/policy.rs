@@ -402,13 +402,29 @@ impl Guesses {
         self.lists.push_head(key, list, 0);
     }
 
-    /// A use-once read of a prefetched block: it goes first now.
-    pub(crate) fn used_once(&mut self, key: u64) {
-        if let Some(at) = self.lists.get(key) {
-            if self.lists.nodes[at as usize].list == GUESS_PREFETCH {
+    /// An access to `key`: `None` when it is not a guess. Otherwise
+    /// `Some(true)` when the block must now join the policy proper (it is
+    /// no longer here), and `Some(false)` when it stays a guess:
+    ///
+    /// * the first use of a prefetched block, normal or use-once, leaves
+    ///   it here as used once, to go first ("drop-behind": a block a
+    ///   sequential stream read once is the scan the cache must not keep);
+    /// * a normal use of a used-once block is its reuse: it joins.
+    pub(crate) fn touch(&mut self, key: u64, access: Access) -> Option<bool> {
+        let at = self.lists.get(key)?;
+        let list = self.lists.nodes[at as usize].list;
+        Some(match access {
+            Access::Prefetch => false,
+            _ if list == GUESS_PREFETCH => {
                 self.lists.move_to_head(at, COLD);
+                false
             }
-        }
+            Access::UseOnce => false,
+            Access::Normal => {
+                self.lists.remove(at);
+                true
+            }
+        })
     }
 
     /// Forgets `key`; true if it was here.
@@ -1577,9 +1593,14 @@ mod tests {
                 matches!(third, Some(1) | Some(5)),
                 "{name}: the newest prefetches are kept, got {third:?}"
             );
-            // A prefetched block that gets used is an ordinary block; a
-            // use-once hit on one makes it go first.
+            // A prefetched block that gets used is an ordinary block (the
+            // default's after a second use: its first leaves it used once,
+            // see `adaptive.rs`, "Drop-behind"); a use-once hit on one
+            // makes it go first.
             policy.touch(3, Access::Normal);
+            if kind == PolicyKind::Adaptive {
+                policy.touch(3, Access::Normal);
+            }
             policy.touch(4, Access::UseOnce);
             assert_eq!(policy.evict(&mut |_| true), Some(4), "{name}");
         }
