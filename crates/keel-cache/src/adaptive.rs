@@ -676,8 +676,8 @@ mod tests {
         // prefetches wait for their reader while within the reserve.
         assert_eq!(adaptive.evict(&mut |_| true), Some(11));
         assert_eq!(adaptive.len(), 7);
-        // Once used, a block is a member's to keep or evict like any
-        // other: LIRS, leading, gives up its newest first-time block.
+        // Once used twice, a block is the members' to keep or evict like
+        // any other: the next victim is a member block, not a guess.
         let victim = adaptive.evict(&mut |_| true);
         assert!(matches!(victim, Some(1..=3 | 12)), "got {victim:?}");
     }
