@@ -8,6 +8,8 @@
 //!     shard 0   shard 1 …  shard n-1      each: Mutex { map block → Arc<Frame>,
 //!        │                                         policy, dirty block → lsn }
 //!      Frame { data: RwLock<bytes>, state, prefetched }
+//!                          └─ a buffer of its own, or a slot of a read-ahead
+//!                             extent (crate::extent)
 //! ```
 //!
 //! Lock order, which every path keeps: a frame's data lock, then its shard's
@@ -34,6 +36,7 @@ use parking_lot::lock_api::{
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::error::{CacheError, Result};
+use crate::extent::{Extent, FrameBytes, Released};
 use crate::policy::{Access, BlockHasher, BlockMap, Hint, Policy, PolicyKind};
 use crate::readahead::{CacheView, ReadAhead, ReadAheadConfig};
 
@@ -124,6 +127,10 @@ pub struct CacheStats {
     pub dirty_blocks: u64,
     /// Capacity now, in blocks.
     pub capacity_blocks: u64,
+    /// Memory held by read-ahead extents now, in bytes: windows read ahead
+    /// whose blocks are not all used yet, and up to four idle windows kept
+    /// for reuse (`docs/cache.md`, "Read-ahead extents").
+    pub extent_bytes: u64,
 }
 
 impl CacheStats {
@@ -143,12 +150,16 @@ const READY: u8 = 1;
 const FAILED: u8 = 2;
 
 /// One cached block: its lock and state in one allocation with the `Arc`
-/// count that pins it (the bytes are a second, recycled allocation).
+/// count that pins it (the bytes are a second, recycled allocation, or a
+/// slot of a read-ahead extent).
 struct Frame {
-    data: RwLock<Box<[u8]>>,
+    data: RwLock<FrameBytes>,
     state: AtomicU8,
     /// Brought in by read-ahead and not yet used.
     prefetched: AtomicBool,
+    /// The bytes are a slot of a read-ahead extent (mirrors `data`, so a hit
+    /// can tell without taking the data lock).
+    in_extent: AtomicBool,
 }
 
 /// A resident block in a shard's map: its frame, and the policy's [`Hint`]
@@ -169,8 +180,9 @@ impl Entry {
 }
 
 impl Frame {
-    fn new(bytes: Box<[u8]>, state: u8, prefetched: bool) -> Arc<Frame> {
+    fn new(bytes: FrameBytes, state: u8, prefetched: bool) -> Arc<Frame> {
         Arc::new(Frame {
+            in_extent: AtomicBool::new(bytes.in_extent()),
             data: RwLock::new(bytes),
             state: AtomicU8::new(state),
             prefetched: AtomicBool::new(prefetched),
@@ -202,6 +214,11 @@ impl FrameWriteLock {
     }
 
     fn bytes(&mut self) -> &mut [u8] {
+        self.slot()
+    }
+
+    /// The frame's bytes themselves (to swap them).
+    fn slot(&mut self) -> &mut FrameBytes {
         // SAFETY: this value holds the exclusive lock.
         unsafe { &mut *self.frame.data.data_ptr() }
     }
@@ -377,18 +394,24 @@ pub struct Cache {
     config: CacheConfig,
     read_ahead: Option<Mutex<ReadAhead>>,
     control: Arc<Control>,
-    /// Buffers of evicted blocks, reused for new ones (saves an allocation
-    /// and a zeroing per miss).
     /// Evicted frames (lock, state and buffer in their two allocations),
     /// reused for new blocks.
     free_frames: Mutex<Vec<Arc<Frame>>>,
+    /// Buffers given up by frames whose bytes became an extent's slot, for
+    /// frames that need a buffer of their own again.
+    free_buffers: Mutex<Vec<Box<[u8]>>>,
+    /// Whole read-ahead extents (every slot released), for the next window.
+    free_extents: Mutex<Vec<Extent>>,
+    /// Bytes of read-ahead extents alive (in frames or in `free_extents`).
+    extent_bytes: Arc<AtomicUsize>,
 }
 
-/// Alignment of read-ahead buffers (O_DIRECT wants page alignment).
-const PAGE: usize = 4096;
-
-/// At most this many free buffers are kept.
+/// At most this many free buffers (and free frames) are kept.
 const FREE_BUFFERS_MAX: usize = 1024;
+
+/// At most this many whole extents are kept for reuse (4 MiB with the
+/// default 1 MiB window): memory idle beyond the capacity, bounded.
+const FREE_EXTENTS_MAX: usize = 4;
 
 /// A pinned, shared view of one cached block's bytes. While it lives the
 /// block stays resident and nobody can modify it.
@@ -541,6 +564,9 @@ impl Cache {
             }),
             config,
             free_frames: Mutex::new(Vec::new()),
+            free_buffers: Mutex::new(Vec::new()),
+            free_extents: Mutex::new(Vec::new()),
+            extent_bytes: Arc::new(AtomicUsize::new(0)),
         });
         if cache.config.background_flusher {
             let weak = Arc::downgrade(&cache);
@@ -638,12 +664,25 @@ impl Cache {
                     }
                 }
             }
-            let lock = FrameReadLock::lock(frame);
+            // A block read ahead moves out of its extent at its first use:
+            // the reader was going to copy it anyway, and the extent, once
+            // its window is used, goes back to be read into while it is
+            // still warm (`crate::extent`).
+            self.own_bytes_if_free(&frame);
+            let mut lock = FrameReadLock::lock(frame);
             if lock.frame.state.load(Ordering::Acquire) == FAILED {
                 // The load we waited for failed and the frame is gone; try
                 // ourselves (and report our own error if it fails again).
                 self.shard(block).inner.lock().hits -= 1;
                 continue;
+            }
+            if lock.frame.in_extent.load(Ordering::Relaxed) {
+                // We waited for the load: move now (our `Arc` keeps the
+                // frame resident while its lock is let go).
+                let frame = lock.frame.clone();
+                drop(lock);
+                self.own_bytes_if_free(&frame);
+                lock = FrameReadLock::lock(frame);
             }
             return Ok(BlockRef { lock, block });
         }
@@ -739,24 +778,121 @@ impl Cache {
     /// the frame is visible).
     fn new_frame(&self, state: u8, prefetched: bool) -> Arc<Frame> {
         let recycled = self.free_frames.lock().pop();
-        self.reuse_or_allocate(recycled, state, prefetched)
+        self.reuse_or_allocate(recycled, state, prefetched, true)
     }
 
+    /// A frame from `recycled` if nobody else holds it, else a new one.
+    /// With `needs_buffer` its bytes are a block-sized buffer of its own;
+    /// without (a frame read ahead, whose bytes will be an extent's slot)
+    /// it may have none.
     fn reuse_or_allocate(
         &self,
         recycled: Option<Arc<Frame>>,
         state: u8,
         prefetched: bool,
+        needs_buffer: bool,
     ) -> Arc<Frame> {
         if let Some(mut frame) = recycled {
             if let Some(fresh) = Arc::get_mut(&mut frame) {
                 *fresh.state.get_mut() = state;
                 *fresh.prefetched.get_mut() = prefetched;
+                let bytes = fresh.data.get_mut();
+                if needs_buffer && bytes.len() != self.block_size {
+                    // Recycled frames hold no slots (`recycle` released
+                    // them), so this drops nothing that matters.
+                    *bytes = FrameBytes::Own(self.take_buffer());
+                }
                 return frame;
             }
         }
-        let bytes = vec![0u8; self.block_size].into_boxed_slice();
+        let bytes = if needs_buffer {
+            FrameBytes::Own(self.take_buffer())
+        } else {
+            FrameBytes::empty()
+        };
         Frame::new(bytes, state, prefetched)
+    }
+
+    /// A block-sized buffer: a free one, or a new one.
+    fn take_buffer(&self) -> Box<[u8]> {
+        self.free_buffers
+            .lock()
+            .pop()
+            .unwrap_or_else(|| vec![0u8; self.block_size].into_boxed_slice())
+    }
+
+    /// Keeps what a frame's bytes gave back, within the pools' bounds.
+    fn give_back(&self, released: Released) {
+        if let Some(buffer) = released.buffer {
+            self.give_back_buffer(buffer);
+        }
+        self.give_back_extent(released.extent);
+    }
+
+    fn give_back_buffer(&self, buffer: Box<[u8]>) {
+        if buffer.len() == self.block_size {
+            let mut free = self.free_buffers.lock();
+            if free.len() < FREE_BUFFERS_MAX {
+                free.push(buffer);
+            }
+        }
+    }
+
+    fn give_back_extent(&self, extent: Option<Extent>) {
+        if let Some(extent) = extent.filter(|extent| extent.len() == self.window_bytes()) {
+            let mut free = self.free_extents.lock();
+            if free.len() < FREE_EXTENTS_MAX {
+                free.push(extent);
+            }
+        }
+    }
+
+    /// Bytes of a full read-ahead window (the size of pooled extents).
+    fn window_bytes(&self) -> usize {
+        self.config.read_ahead.max_window_blocks.max(1) * self.block_size
+    }
+
+    /// An extent for `blocks` blocks: a pooled one for a full window, else
+    /// a new one of exactly that size.
+    fn take_extent(&self, blocks: usize) -> Extent {
+        let bytes = blocks * self.block_size;
+        if bytes == self.window_bytes() {
+            if let Some(extent) = self.free_extents.lock().pop() {
+                return extent;
+            }
+        }
+        Extent::new(bytes, &self.extent_bytes)
+    }
+
+    /// Moves a frame's bytes out of a read-ahead extent into a buffer of its
+    /// own (the caller holds the frame's exclusive lock): a block that has
+    /// been used or written never keeps its window's extent alive.
+    fn own_bytes(&self, frame: &Frame, bytes: &mut FrameBytes) {
+        let FrameBytes::Slot { spare, .. } = bytes else {
+            return;
+        };
+        // The buffer the frame had before it took the slot, if any.
+        let mut own = if spare.len() == self.block_size {
+            std::mem::take(spare)
+        } else {
+            self.take_buffer()
+        };
+        own.copy_from_slice(bytes);
+        let slot = std::mem::replace(bytes, FrameBytes::Own(own));
+        frame.in_extent.store(false, Ordering::Relaxed);
+        self.give_back(slot.release());
+    }
+
+    /// [`own_bytes`](Self::own_bytes) at a use of the block, if its lock is
+    /// free right now (if not, another reader uses the slot meanwhile, and
+    /// the next use tries again).
+    fn own_bytes_if_free(&self, frame: &Frame) {
+        if !frame.in_extent.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(mut bytes) = frame.data.try_write() {
+            self.own_bytes(frame, &mut bytes);
+        }
     }
 
     /// Up to `count` recycled frames, taken under one lock.
@@ -768,9 +904,24 @@ impl Cache {
 
     /// Keeps evicted (or unused) frames for reuse; called outside the shard
     /// lock. Only frames nobody else holds are kept.
-    fn recycle(&self, evicted: Vec<Arc<Frame>>) {
+    fn recycle(&self, mut evicted: Vec<Arc<Frame>>) {
         if evicted.is_empty() {
             return;
+        }
+        // Slots go back first, so that no idle frame keeps an extent alive.
+        for frame in evicted.iter_mut() {
+            if let Some(frame) = Arc::get_mut(frame) {
+                if std::mem::take(frame.in_extent.get_mut()) {
+                    // The frame keeps its spare buffer, if it had one.
+                    let bytes = frame.data.get_mut();
+                    let Released { buffer, extent } =
+                        std::mem::replace(bytes, FrameBytes::empty()).release();
+                    if let Some(buffer) = buffer {
+                        *bytes = FrameBytes::Own(buffer);
+                    }
+                    self.give_back_extent(extent);
+                }
+            }
         }
         let mut free = self.free_frames.lock();
         for frame in evicted {
@@ -900,6 +1051,8 @@ impl Cache {
                 drop(guard);
                 return self.write_after(block, data, lsn);
             }
+            // A block written stays until written home: bytes of its own.
+            self.own_bytes(&frame, &mut guard);
             guard.copy_from_slice(data);
             // Data lock still held: see `BlockMut::drop`.
             self.mark_dirty(block, lsn);
@@ -916,9 +1069,13 @@ impl Cache {
             let pinned = self.read(block, ReadHint::NoReadAhead)?;
             let frame = pinned.lock.frame.clone();
             drop(pinned);
-            let lock = FrameWriteLock::lock(frame);
+            let mut lock = FrameWriteLock::lock(frame);
             if lock.frame.state.load(Ordering::Acquire) == FAILED {
                 continue;
+            }
+            if lock.frame.in_extent.load(Ordering::Relaxed) {
+                let frame = lock.frame.clone();
+                self.own_bytes(&frame, lock.slot());
             }
             return Ok(BlockMut {
                 cache: self,
@@ -1197,6 +1354,7 @@ impl Cache {
             resident_blocks: stats.resident_blocks,
             dirty_blocks: self.dirty_count.load(Ordering::Relaxed) as u64,
             capacity_blocks: self.capacity_blocks.load(Ordering::Relaxed) as u64,
+            extent_bytes: self.extent_bytes.load(Ordering::Relaxed) as u64,
             ..stats
         }
     }
@@ -1236,36 +1394,99 @@ impl Cache {
     /// non-resident blocks is claimed (loading frames, so concurrent readers
     /// wait for this read instead of issuing their own) and read with one
     /// device read.
-    fn prefetch(&self, start: u64, count: usize, buffer: &mut Vec<u8>) {
+    fn prefetch(&self, start: u64, count: usize) {
         let end = (start + count as u64).min(self.block_count);
         let max = self.config.read_ahead.max_window_blocks.max(1);
         let mut window_start = start;
         while window_start < end {
             let window_end = (window_start + max as u64).min(end);
-            let (mut slots, room) = self.claim_window(window_start, window_end);
-            // Read each run of claimed blocks with one device read.
-            let mut index = 0;
-            while index < slots.len() {
-                if slots[index].is_none() {
-                    index += 1;
-                    continue;
-                }
-                let run_start = index;
-                while index < slots.len() && slots[index].is_some() {
-                    index += 1;
-                }
-                let mut run: Vec<FrameWriteLock> = slots[run_start..index]
-                    .iter_mut()
-                    .filter_map(Option::take)
-                    .collect();
-                self.fill_prefetched(window_start + run_start as u64, &mut run, buffer);
-            }
+            let (slots, room) = self.claim_window(window_start, window_end);
+            self.fill_window(window_start, slots);
             if !room {
                 // No room for guesses: the reader's own misses bring the
                 // rest in.
                 return;
             }
             window_start = window_end;
+        }
+    }
+
+    /// Reads the blocks claimed in a window starting at `first` (one slot
+    /// per block: its frame's write lock, or `None` when the block was
+    /// resident) into one extent, each run of consecutive claimed blocks
+    /// with one device read, and hands them to their readers. The extent's
+    /// slots become the frames' bytes: nothing is copied. Every run is read
+    /// before any is handed over (the extent is split once); a window has
+    /// more than one run only around blocks already resident.
+    fn fill_window(&self, first: u64, slots: Vec<Option<FrameWriteLock>>) {
+        let claimed = slots.iter().filter(|slot| slot.is_some()).count();
+        if claimed == 0 {
+            return;
+        }
+        let mut extent = self.take_extent(claimed);
+        // The runs, packed one after the other in the extent: (first block,
+        // frames, whether the read succeeded).
+        let mut runs: Vec<(u64, Vec<FrameWriteLock>, bool)> = Vec::new();
+        let mut slots = slots.into_iter().enumerate().peekable();
+        let mut packed = 0;
+        while let Some((offset, slot)) = slots.next() {
+            let Some(lock) = slot else {
+                continue;
+            };
+            let mut run = vec![lock];
+            while let Some((_, Some(_))) = slots.peek() {
+                if let Some((_, Some(lock))) = slots.next() {
+                    run.push(lock);
+                }
+            }
+            let bytes = run.len() * self.block_size;
+            let buffer = &mut extent.as_mut_slice()[packed..packed + bytes];
+            self.counters.read_ios.fetch_add(1, Ordering::Relaxed);
+            let run_first = first + offset as u64;
+            let ok = self.device.read_blocks(run_first, buffer).is_ok();
+            packed += bytes;
+            runs.push((run_first, run, ok));
+        }
+        let mut pieces = extent.split(self.block_size);
+        let mut given_up = Vec::new();
+        for (run_first, mut run, ok) in runs {
+            if !ok {
+                // Read-ahead is only a guess: a failed prefetch is
+                // forgotten, and a real read of the block reports the
+                // error itself.
+                for (offset, lock) in run.drain(..).enumerate() {
+                    pieces.next();
+                    self.abandon_load(run_first + offset as u64, &lock.frame);
+                    drop(lock);
+                }
+                continue;
+            }
+            self.counters
+                .prefetched
+                .fetch_add(run.len() as u64, Ordering::Relaxed);
+            for lock in run.iter_mut() {
+                let piece = pieces.next().expect("one slot per claimed block");
+                // The frame's own buffer, if it had one, waits beside the
+                // slot for when the block leaves the extent.
+                let spare = match std::mem::replace(lock.slot(), FrameBytes::empty()) {
+                    FrameBytes::Own(buffer) => buffer,
+                    other => {
+                        given_up.push(other);
+                        Box::default()
+                    }
+                };
+                *lock.slot() = piece.with_spare(spare);
+                lock.frame.in_extent.store(true, Ordering::Relaxed);
+                lock.frame.state.store(READY, Ordering::Release);
+            }
+            // Released together, after all are filled: a reader waiting on
+            // the first block then finds the rest ready instead of sleeping
+            // and waking once per block.
+            drop(run);
+        }
+        drop(pieces);
+        for old in given_up {
+            self.give_back(old.release());
         }
     }
 
@@ -1300,7 +1521,7 @@ impl Cache {
                     room = false;
                     break;
                 }
-                let frame = self.reuse_or_allocate(frames.pop(), LOADING, true);
+                let frame = self.reuse_or_allocate(frames.pop(), LOADING, true, false);
                 // A fresh lock: taking it cannot wait.
                 let lock = FrameWriteLock::lock(frame.clone());
                 inner.map.insert(block, Entry::new(frame));
@@ -1315,45 +1536,6 @@ impl Cache {
         self.recycle(frames);
         self.recycle(evicted);
         (slots, room)
-    }
-
-    /// Reads consecutive claimed blocks starting at `first` with one device
-    /// read and hands them to their readers.
-    fn fill_prefetched(&self, first: u64, claimed: &mut Vec<FrameWriteLock>, buffer: &mut Vec<u8>) {
-        // The worker's buffer is reused across requests (no allocation
-        // or zeroing of a megabyte per read) and page-aligned, so an
-        // O_DIRECT device reads straight into it without a bounce buffer.
-        let bytes = claimed.len() * self.block_size;
-        if buffer.len() < bytes + PAGE {
-            buffer.resize(bytes + PAGE, 0);
-        }
-        let offset = buffer.as_ptr().align_offset(PAGE).min(PAGE);
-        let buffer = &mut buffer[offset..offset + bytes];
-        self.counters.read_ios.fetch_add(1, Ordering::Relaxed);
-        match self.device.read_blocks(first, buffer) {
-            Ok(()) => {
-                self.counters
-                    .prefetched
-                    .fetch_add(claimed.len() as u64, Ordering::Relaxed);
-                for (lock, bytes) in claimed.iter_mut().zip(buffer.chunks_exact(self.block_size)) {
-                    lock.bytes().copy_from_slice(bytes);
-                    lock.frame.state.store(READY, Ordering::Release);
-                }
-                // Released together, after all are filled: a reader
-                // waiting on the first block then finds the rest ready
-                // instead of sleeping and waking once per block.
-                claimed.clear();
-            }
-            Err(_) => {
-                // Read-ahead is only a guess: a failed prefetch is
-                // forgotten, and a real read of the block reports the
-                // error itself.
-                for (offset, lock) in claimed.drain(..).enumerate() {
-                    self.abandon_load(first + offset as u64, &lock.frame);
-                    drop(lock);
-                }
-            }
-        }
     }
 }
 
@@ -1418,7 +1600,6 @@ fn flusher_loop(cache: Weak<Cache>, control: Arc<Control>, interval: Duration) {
 
 /// A read-ahead worker: takes prefetch requests off the queue.
 fn prefetch_loop(cache: Weak<Cache>, control: Arc<Control>) {
-    let mut buffer = Vec::new();
     loop {
         let request = {
             let mut state = control.state.lock();
@@ -1434,7 +1615,7 @@ fn prefetch_loop(cache: Weak<Cache>, control: Arc<Control>) {
             }
         };
         if let Some(cache) = cache.upgrade() {
-            cache.prefetch(request.0, request.1, &mut buffer);
+            cache.prefetch(request.0, request.1);
         }
         let mut state = control.state.lock();
         state.prefetch_active -= 1;

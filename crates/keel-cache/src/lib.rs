@@ -43,6 +43,7 @@
 pub mod adaptive;
 mod cache;
 mod error;
+mod extent;
 mod links;
 pub mod lirs;
 pub mod policy;

@@ -279,3 +279,96 @@ fn a_file_reread_in_a_loop_larger_than_the_cache_keeps_its_read_ahead() {
         before = (stats, device_reads);
     }
 }
+
+/// Read-ahead reads each window into one extent, and a block moves out of
+/// it at its first use, so extents hold only what is read ahead and not yet
+/// used. Without the move, every block read once would keep its window's
+/// extent until evicted: the extents would hold about the whole cache (16
+/// windows here) and the device would read into cold memory.
+#[test]
+fn extents_are_a_transit_area_that_blocks_leave_at_first_use() {
+    let window = 32;
+    let window_bytes = (window * BS) as u64;
+    let blocks = 8 * 512;
+    let disk = slow_disk(blocks);
+    let cache = cache_of(disk.clone(), 512, true, window);
+    let mut most = 0;
+    for block in 0..blocks {
+        let data = cache.read(block, ReadHint::Normal).unwrap();
+        assert!(
+            data[..] == common::pattern(block, 1, BS)[..],
+            "block {block}"
+        );
+        drop(data);
+        if block % 64 == 0 {
+            most = most.max(cache.stats().extent_bytes);
+        }
+    }
+    cache.wait_for_read_ahead();
+    let stats = cache.stats();
+    assert!(
+        stats.prefetched > blocks * 9 / 10,
+        "read-ahead did not run: {stats:?}"
+    );
+    assert!(most > 0, "no block was ever read into an extent: {stats:?}");
+    // In flight: at most three windows ahead of the reader, plus the pool
+    // of four idle ones.
+    assert!(
+        most <= 8 * window_bytes,
+        "extents held {most} bytes during the read (a window is {window_bytes}): {stats:?}"
+    );
+    // Everything read ahead was used: only the pool is left.
+    assert!(
+        stats.extent_bytes <= 4 * window_bytes,
+        "extents hold {} bytes after the read: {stats:?}",
+        stats.extent_bytes
+    );
+}
+
+/// Blocks still in their extent (read ahead, not yet used) can be written,
+/// modified and left unused; each keeps its own bytes, its neighbours in
+/// the extent keep theirs, and what is synced reaches the device.
+#[test]
+fn blocks_written_while_in_their_extent_keep_apart_from_their_neighbours() {
+    let disk = slow_disk(1_024);
+    let cache = cache_of(disk.clone(), 512, true, 32);
+    // Three in a row open a stream; wait until its first window is read.
+    for block in 0..3 {
+        drop(cache.read(block, ReadHint::Normal).unwrap());
+    }
+    cache.wait_for_read_ahead();
+    let prefetched = (3..40).filter(|&block| cache.contains(block)).count();
+    assert!(
+        prefetched >= 8,
+        "read-ahead brought in {prefetched} blocks: {:?}",
+        cache.stats()
+    );
+    let written = common::pattern(5, 2, BS);
+    cache.write(5, &written).unwrap();
+    {
+        let mut block = cache.modify(6).unwrap();
+        block[0] ^= 0xff;
+    }
+    for block in 3..40u64 {
+        let data = cache.read(block, ReadHint::Normal).unwrap();
+        let mut expected = common::pattern(block, 1, BS);
+        match block {
+            5 => expected = written.clone(),
+            6 => expected[0] ^= 0xff,
+            _ => {}
+        }
+        assert!(data[..] == expected[..], "block {block}");
+    }
+    cache.sync().unwrap();
+    let mut on_disk = vec![0u8; BS];
+    for block in 3..40u64 {
+        disk.inner.read_blocks(block, &mut on_disk).unwrap();
+        let mut expected = common::pattern(block, 1, BS);
+        match block {
+            5 => expected = written.clone(),
+            6 => expected[0] ^= 0xff,
+            _ => {}
+        }
+        assert!(on_disk == expected, "block {block} on the device");
+    }
+}
