@@ -178,17 +178,34 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<ExitCode> {
             repeats: args.readahead_repeats as usize,
             ..ReadAheadBenchOptions::default()
         };
-        for result in with_spinner("read-ahead benchmark", |progress| {
+        let results = with_spinner("read-ahead benchmark", |progress| {
             run_readahead_bench(&options, progress)
         })
-        .context("read-ahead benchmark")?
-        {
+        .context("read-ahead benchmark")?;
+        for result in &results {
             if args.json {
                 println!("{}", serde_json::to_string(&result)?);
             } else {
                 println!(
                     "read-ahead: {:<22} {:>8.0} MiB/s  {:.2}x direct  (prefetched {}, prefetch hits {}, waste {})",
                     result.mode, result.mib_per_second, result.ratio_to_direct, result.prefetched_blocks, result.prefetch_hits, result.prefetch_waste
+                );
+            }
+        }
+        if !args.json {
+            let ratio = |mode: &str| {
+                results
+                    .iter()
+                    .find(|result| result.mode == mode)
+                    .map(|result| result.ratio_to_direct)
+            };
+            if let (Some(on), Some(reference)) =
+                (ratio("cache-readahead-on"), ratio("reference-pipeline"))
+            {
+                println!(
+                    "read-ahead: target >= 0.80 of direct: {} ({on:.2}); the reference pipeline, \
+                     with no cache in it, reached {reference:.2} in the same runs",
+                    if on >= 0.80 { "met" } else { "missed" }
                 );
             }
         }
