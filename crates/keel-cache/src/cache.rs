@@ -203,6 +203,19 @@ struct FrameWriteLock {
 }
 
 impl FrameWriteLock {
+    /// The lock if it is free now; else the frame back.
+    fn try_lock(frame: Arc<Frame>) -> std::result::Result<FrameWriteLock, Arc<Frame>> {
+        // SAFETY: as in `lock`.
+        if unsafe { frame.data.raw() }.try_lock_exclusive() {
+            Ok(FrameWriteLock {
+                frame,
+                _not_send: std::marker::PhantomData,
+            })
+        } else {
+            Err(frame)
+        }
+    }
+
     fn lock(frame: Arc<Frame>) -> FrameWriteLock {
         // SAFETY: the lock taken here is released in `drop` (or handed on
         // by `downgrade`), never elsewhere.
@@ -668,8 +681,9 @@ impl Cache {
             // the reader was going to copy it anyway, and the extent, once
             // its window is used, goes back to be read into while it is
             // still warm (`crate::extent`).
-            self.own_bytes_if_free(&frame);
-            let mut lock = FrameReadLock::lock(frame);
+            let mut lock = self
+                .move_out_of_extent(frame)
+                .unwrap_or_else(FrameReadLock::lock);
             if lock.frame.state.load(Ordering::Acquire) == FAILED {
                 // The load we waited for failed and the frame is gone; try
                 // ourselves (and report our own error if it fails again).
@@ -681,8 +695,9 @@ impl Cache {
                 // frame resident while its lock is let go).
                 let frame = lock.frame.clone();
                 drop(lock);
-                self.own_bytes_if_free(&frame);
-                lock = FrameReadLock::lock(frame);
+                lock = self
+                    .move_out_of_extent(frame)
+                    .unwrap_or_else(FrameReadLock::lock);
             }
             return Ok(BlockRef { lock, block });
         }
@@ -883,16 +898,24 @@ impl Cache {
         self.give_back(slot.release());
     }
 
-    /// [`own_bytes`](Self::own_bytes) at a use of the block, if its lock is
-    /// free right now (if not, another reader uses the slot meanwhile, and
-    /// the next use tries again).
-    fn own_bytes_if_free(&self, frame: &Frame) {
+    /// [`own_bytes`](Self::own_bytes) at a use of the block, if its bytes
+    /// are in an extent and its lock is free right now: returns the lock,
+    /// downgraded to shared for the reader. Otherwise gives the frame back
+    /// (another reader uses the slot meanwhile, and the next use tries
+    /// again).
+    fn move_out_of_extent(
+        &self,
+        frame: Arc<Frame>,
+    ) -> std::result::Result<FrameReadLock, Arc<Frame>> {
         if !frame.in_extent.load(Ordering::Relaxed) {
-            return;
+            return Err(frame);
         }
-        if let Some(mut bytes) = frame.data.try_write() {
-            self.own_bytes(frame, &mut bytes);
-        }
+        let lock = FrameWriteLock::try_lock(frame)?;
+        let frame: &Frame = &lock.frame;
+        // SAFETY: `lock` holds the frame's exclusive lock.
+        let bytes = unsafe { &mut *frame.data.data_ptr() };
+        self.own_bytes(frame, bytes);
+        Ok(lock.downgrade())
     }
 
     /// Up to `count` recycled frames, taken under one lock.
