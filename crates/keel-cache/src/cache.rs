@@ -864,7 +864,10 @@ impl Cache {
 
     /// Bytes of a full read-ahead window (the size of pooled extents).
     fn window_bytes(&self) -> usize {
-        self.config.read_ahead.max_window_blocks.max(1) * self.block_size
+        // Saturating: a configured window larger than memory only means no
+        // extent is ever pooled (read-ahead windows are also bounded by a
+        // sixteenth of the capacity, so none is that large).
+        (self.config.read_ahead.max_window_blocks.max(1)).saturating_mul(self.block_size)
     }
 
     /// An extent for `blocks` blocks: a pooled one for a full window, else

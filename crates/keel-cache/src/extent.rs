@@ -47,8 +47,9 @@ impl Extent {
     /// A zeroed extent of `len` bytes (`len > 0`), counted in `live_bytes`
     /// until it is dropped.
     pub(crate) fn new(len: usize, live_bytes: &Arc<AtomicUsize>) -> Extent {
-        let layout = Layout::from_size_align(len.max(1), EXTENT_ALIGN)
-            .expect("an extent is at most a read-ahead window");
+        let layout = Layout::from_size_align(len.max(1), EXTENT_ALIGN).expect(
+            "an extent holds at most a sixteenth of the capacity's bytes, far below isize::MAX",
+        );
         // SAFETY: the layout's size is not zero.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else {
